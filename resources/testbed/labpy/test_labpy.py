@@ -1,0 +1,165 @@
+"""Unit tests for the lab's Python parts: python3 -m unittest discover -s resources/testbed"""
+
+import gzip
+import os
+import struct
+import tempfile
+import textwrap
+import unittest
+
+from labpy import cpio, firmware, scenario
+
+
+def fake_iort(nodes):
+    """An IORT with the given (type, length) nodes, zero-filled bodies, valid checksum."""
+    body = b"".join(struct.pack("<BHB", t, n, 0) + bytes(n - 4) for t, n in nodes)
+    header_len = 48
+    t = bytearray(b"IORT" + struct.pack("<I", header_len + len(body)) + bytes(40))
+    struct.pack_into("<I", t, 24, 7)  # OEM revision
+    struct.pack_into("<II", t, 36, len(nodes), header_len)
+    t += body
+    firmware.set_checksum(t)
+    return bytes(t)
+
+
+class CpioTest(unittest.TestCase):
+    def test_round_trip(self):
+        a = cpio.Archive()
+        a.file("lab/run", "#!/bin/sh\n", 0o755)
+        a.symlink("bin/sh", "busybox")
+        a.chardev("dev/console", 5, 1)
+        blob = a.to_bytes()
+        self.assertEqual(len(blob) % 512, 0)
+        entries = cpio.read_newc(blob)
+        self.assertEqual(entries["lab/run"], (0o100755, b"#!/bin/sh\n"))
+        self.assertEqual(entries["bin/sh"][1], b"busybox")
+        self.assertIn("lab", entries)  # parents are created
+        self.assertEqual(entries["dev/console"][0] & 0o170000, 0o020000)
+
+    def test_gzip_is_reproducible(self):
+        def build():
+            a = cpio.Archive()
+            a.file("x", "y")
+            return a.to_gzip()
+        self.assertEqual(build(), build())
+        self.assertIn(b"070701", gzip.decompress(build()))
+
+
+class IortTest(unittest.TestCase):
+    def test_marks_every_root_complex(self):
+        raw = fake_iort([(0, 40), (4, 68), (2, 56), (2, 56)])  # ITS group, SMMUv3, 2 RCs
+        patched, changed = firmware.iort_set_canwbs(raw)
+        self.assertEqual(changed, 2)
+        self.assertTrue(firmware.checksum_ok(patched))
+        self.assertEqual(struct.unpack_from("<I", patched, 24)[0], 8)
+        rc1 = 48 + 40 + 68
+        for rc in (rc1, rc1 + 56):
+            self.assertEqual(patched[rc + firmware.RC_MEMORY_FLAGS_OFFSET], firmware.MAF_CANWBS)
+        self.assertEqual(patched[48 + 40 + firmware.RC_MEMORY_FLAGS_OFFSET], 0)  # SMMU untouched
+
+    def test_rejects_corrupt_tables(self):
+        raw = bytearray(fake_iort([(2, 56)]))
+        with self.assertRaisesRegex(firmware.TableError, "not an IORT"):
+            firmware.iort_set_canwbs(b"DSDT" + raw[4:])
+        with self.assertRaisesRegex(firmware.TableError, "length field"):
+            firmware.iort_set_canwbs(raw[:-1])
+        bad = bytearray(raw)
+        bad[50] ^= 1
+        with self.assertRaisesRegex(firmware.TableError, "checksum"):
+            firmware.iort_set_canwbs(bytes(bad))
+        struct.pack_into("<H", raw, 48 + 1, 400)  # node longer than the table
+        firmware.set_checksum(raw)
+        with self.assertRaisesRegex(firmware.TableError, "bad length"):
+            firmware.iort_set_canwbs(bytes(raw))
+
+    def test_upgrade_cpio_layout(self):
+        entries = cpio.read_newc(firmware.acpi_upgrade_cpio({"IORT": b"IORTxyz"}))
+        self.assertEqual(entries["kernel/firmware/acpi/IORT.aml"][1], b"IORTxyz")
+
+    def test_disk_pattern_is_deterministic_and_distinct(self):
+        a = firmware.disk_pattern("a", 4096)
+        self.assertEqual(a, firmware.disk_pattern("a", 4096))
+        self.assertNotEqual(a, firmware.disk_pattern("b", 4096))
+        self.assertEqual(len(firmware.disk_pattern("a", 100)), 100)
+
+
+GOOD = """
+arch = "aarch64"
+[l0]
+firmware = "uefi"
+[[l0.bridge]]
+id = "pxb1"
+bus = 1
+smmu = "nested"
+[[l0.device]]
+id = "disk0"
+model = "virtio-blk"
+bridge = "pxb1"
+disk = "a"
+vfio = true
+[[l0.device]]
+id = "nic0"
+model = "e1000e"
+[l1]
+script = "labcheck iommus"
+[expect]
+lines = ["x", { l2 = "sum {disk:a}" }]
+"""
+
+
+class ScenarioTest(unittest.TestCase):
+    def parse(self, text):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "s.toml")
+            with open(path, "w") as f:
+                f.write(textwrap.dedent(text))
+            return scenario.load(path)
+
+    def test_good_scenario(self):
+        s = self.parse(GOOD)
+        self.assertEqual(s.name, "s")
+        self.assertTrue(s.needs_iort_fix)
+        self.assertEqual([d.slot for d in s.devices], [0x10, 0x10])
+        self.assertEqual(scenario.l1_device_table(s), "disk0 01 10 1\nnic0 00 10 0\n")
+        args = " ".join(scenario.topology_args(s, lambda n: f"/d/{n}.img"))
+        self.assertIn("pxb-pcie,id=pxb1,bus_nr=1,bus=pcie.0", args)
+        self.assertIn("arm-smmuv3,primary-bus=pxb1,id=smmu-pxb1,stage=nested", args)
+        self.assertIn("file=/d/a.img", args)
+        self.assertIn("iommu_platform=on,bus=rp-disk0", args)
+        rx = s.expect[1].compile(lambda name: "ab" * 32 if name == "a" else "")
+        self.assertTrue(rx.search("sum " + "ab" * 32))
+        self.assertEqual(s.expect[1].level, "l2")
+
+    def test_bad_scenarios_name_the_field(self):
+        cases = {
+            GOOD.replace('arch = "aarch64"', 'arch = "riscv"'): "arch 'riscv'",
+            GOOD.replace('model = "e1000e"', 'model = "rtl8139"'): r"l0.device\[1\]: model",
+            GOOD.replace('bridge = "pxb1"\ndisk', 'bridge = "pxb9"\ndisk'): "bridge 'pxb9'",
+            GOOD.replace('disk = "a"\n', ""): r"l0.device\[0\]: a virtio-blk needs 'disk'",
+            GOOD.replace('smmu = "nested"', 'smmu = "3"'): "smmu '3'",
+            GOOD.replace('firmware = "uefi"', 'firmware = "direct"'): "need firmware",
+            GOOD.replace('id = "nic0"', 'id = "disk0"'): "used twice",
+            GOOD.replace('id = "nic0"', 'id = "nic-0"'): "shell-safe",
+            GOOD.replace('lines = ["x", { l2 = "sum {disk:a}" }]', "lines = []"): "lines is empty",
+            GOOD.replace('"x",', '"(",'): "bad regex",
+            GOOD.replace("bus = 1", "bus = 300"): "out of range",
+            GOOD.replace("[l1]", "[l1]\nbogus = 1"): "unknown field",
+            GOOD.replace("vfio = true", 'vfio = "yes"'): "must be bool",
+            GOOD + "[l3]\n": "unknown field",
+            "arch = [": "not valid TOML",
+        }
+        for text, message in cases.items():
+            with self.subTest(message=message):
+                with self.assertRaisesRegex(scenario.ScenarioError, message):
+                    self.parse(text)
+
+    def test_x86_defaults(self):
+        s = self.parse('arch = "x86_64"\n[l1]\nscript = "true"\n[expect]\nlines = ["y"]\n')
+        self.assertEqual(s.x86_iommu, "intel")
+        self.assertFalse(s.needs_iort_fix)
+        self.assertIn("intel_iommu=on", scenario.l1_cmdline(s))
+        self.assertIn("intel-iommu,caching-mode=on", scenario.topology_args(s, str))
+
+
+if __name__ == "__main__":
+    unittest.main()
