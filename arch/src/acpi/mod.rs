@@ -1,0 +1,1 @@
+//! ACPI tables for both architectures, encoded from the platform plan.

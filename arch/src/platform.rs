@@ -1,0 +1,160 @@
+//! The guest-visible platform: plain data computed once by the VMM's plan and read by every encoder
+//! (device tree, ACPI tables, boot parameters). Encoders compute no address or ID of their own.
+
+use serde::Serialize;
+
+/// A range of guest physical addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct GuestRange {
+    pub base: u64,
+    pub size: u64,
+}
+
+impl GuestRange {
+    pub const fn new(base: u64, size: u64) -> Self {
+        GuestRange { base, size }
+    }
+
+    /// One past the last address.
+    pub const fn end(&self) -> u64 {
+        self.base + self.size
+    }
+
+    pub const fn contains(&self, addr: u64) -> bool {
+        addr >= self.base && addr - self.base < self.size
+    }
+
+    pub const fn overlaps(&self, other: &GuestRange) -> bool {
+        self.base < other.end() && other.base < self.end()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestArch {
+    Aarch64,
+    X86_64,
+}
+
+/// How an aarch64 guest is told about its hardware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FirmwareInterface {
+    /// A full device tree.
+    DeviceTree,
+    /// ACPI tables, reached through an EFI system table and memory map the VMM writes itself
+    /// (no firmware runs); the device tree carries only /chosen.
+    Acpi,
+}
+
+/// The interrupt controller the guest sees.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum InterruptController {
+    /// Arm GICv3, created through KVM, with an ITS for MSIs.
+    GicV3 {
+        distributor: GuestRange,
+        /// One redistributor region covering all vCPUs (`redistributor_stride` each).
+        redistributors: GuestRange,
+        redistributor_stride: u64,
+        its: GuestRange,
+        /// Number of interrupt IDs (SGIs + PPIs + SPIs), a multiple of 32.
+        nr_irqs: u32,
+    },
+    /// x86 local APICs and one I/O APIC (KVM in-kernel irqchip).
+    X86Apic {
+        lapic: u64,
+        ioapic: u64,
+        ioapic_pins: u32,
+    },
+}
+
+/// An Arm architectural timer's PPIs (interrupt IDs 16..32 given as PPI numbers 0..16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ArchTimer {
+    pub secure_phys_ppi: u32,
+    pub nonsecure_phys_ppi: u32,
+    pub virt_ppi: u32,
+    pub hyp_ppi: u32,
+}
+
+/// Where a device's registers are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "space", content = "base")]
+pub enum RegisterSpace {
+    Mmio(u64),
+    Pio(u16),
+}
+
+/// A 16550-compatible UART.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SerialPort {
+    pub registers: RegisterSpace,
+    /// aarch64: the SPI number (interrupt ID - 32); x86: the I/O APIC pin (GSI).
+    pub irq: u32,
+    pub clock_hz: u32,
+}
+
+/// The power and reset controls the guest finds in its firmware tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum PowerControl {
+    /// Arm PSCI 1.0 through HVC, implemented by KVM.
+    PsciHvc,
+    /// An x86 ACPI hardware-reduced sleep control/status register pair and a reset register, all
+    /// in one I/O port block the VMM emulates.
+    AcpiPorts {
+        sleep_control: u16,
+        sleep_status: u16,
+        reset: u16,
+        reset_value: u8,
+        /// The SLP_TYP value of the \_S5 (soft off) state.
+        s5_sleep_type: u8,
+    },
+}
+
+/// The whole guest-visible machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Platform {
+    pub arch: GuestArch,
+    pub firmware: FirmwareInterface,
+    /// Number of vCPUs; vCPU `i` has MPIDR affinity / APIC ID `i`.
+    pub vcpus: u32,
+    /// Guest RAM, ascending and disjoint.
+    pub memory: Vec<GuestRange>,
+    pub interrupt_controller: InterruptController,
+    /// aarch64 only.
+    pub timer: Option<ArchTimer>,
+    pub serial: Option<SerialPort>,
+    pub power: PowerControl,
+    /// The kernel command line as the guest receives it.
+    pub cmdline: String,
+    /// Where the initramfs was loaded, if any.
+    pub initrd: Option<GuestRange>,
+}
+
+impl Platform {
+    /// The guest RAM end (one past the last byte of the highest region).
+    pub fn memory_end(&self) -> u64 {
+        self.memory.iter().map(GuestRange::end).max().unwrap_or(0)
+    }
+
+    pub fn memory_size(&self) -> u64 {
+        self.memory.iter().map(|r| r.size).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        let r = GuestRange::new(0x1000, 0x1000);
+        assert_eq!(r.end(), 0x2000);
+        assert!(r.contains(0x1fff) && !r.contains(0x2000) && !r.contains(0xfff));
+        assert!(r.overlaps(&GuestRange::new(0x1fff, 1)));
+        assert!(!r.overlaps(&GuestRange::new(0x2000, 0x1000)));
+        assert!(!r.overlaps(&GuestRange::new(0, 0x1000)));
+    }
+}

@@ -1,0 +1,73 @@
+//! The x86_64 guest physical address map.
+//!
+//! ```text
+//! 0x0000_0500  GDT, then IDT
+//! 0x0000_7000  zero page (struct boot_params)
+//! 0x0000_9000  boot page tables (PML4, PDPT, PD: identity map of the first 1 GiB)
+//! 0x0002_0000  kernel command line
+//! 0x0009_FC00  EBDA (reserved) up to 0xA_0000
+//! 0x000E_0000  ACPI tables (RSDP first, where Linux also scans for it)
+//! 0x0010_0000  kernel (bzImage protected-mode part), then RAM
+//! 0xC000_0000  32-bit MMIO hole up to 4 GiB: PCI windows, I/O APIC, local APIC
+//! 0x1_0000_0000 RAM above the hole
+//! ```
+
+use crate::platform::GuestRange;
+
+pub const GDT_ADDR: u64 = 0x500;
+pub const IDT_ADDR: u64 = 0x520;
+pub const ZERO_PAGE: u64 = 0x7000;
+pub const PML4: u64 = 0x9000;
+pub const PDPT: u64 = 0xa000;
+pub const PD: u64 = 0xb000;
+pub const CMDLINE: u64 = 0x2_0000;
+pub const CMDLINE_MAX: u64 = 0x1_0000;
+pub const EBDA: u64 = 0x9_fc00;
+pub const LOW_RAM_END: u64 = 0xa_0000;
+pub const ACPI_TABLES: GuestRange = GuestRange::new(0xe_0000, 0x2_0000);
+pub const HIMEM_START: u64 = 0x10_0000;
+pub const MMIO_HOLE: GuestRange = GuestRange::new(0xc000_0000, 0x4000_0000);
+pub const IOAPIC: u64 = 0xfec0_0000;
+pub const LAPIC: u64 = 0xfee0_0000;
+pub const HIGH_RAM_START: u64 = 0x1_0000_0000;
+
+/// COM1: I/O port 0x3f8, I/O APIC pin 4.
+pub const COM1_PORT: u16 = 0x3f8;
+pub const COM1_GSI: u32 = 4;
+pub const IOAPIC_PINS: u32 = 24;
+pub const UART_CLOCK_HZ: u32 = 1_843_200;
+
+/// The I/O ports of the ACPI power block the VMM emulates (hardware-reduced ACPI): sleep control,
+/// sleep status and reset registers.
+pub const ACPI_SLEEP_CONTROL: u16 = 0x600;
+pub const ACPI_SLEEP_STATUS: u16 = 0x601;
+pub const ACPI_RESET: u16 = 0x602;
+pub const ACPI_RESET_VALUE: u8 = 0x1;
+pub const ACPI_S5_SLEEP_TYPE: u8 = 5;
+
+/// Guest RAM for `size` bytes: below the MMIO hole first, the rest above 4 GiB.
+pub fn ram_regions(size: u64) -> Vec<GuestRange> {
+    let low = size.min(MMIO_HOLE.base);
+    let mut regions = vec![GuestRange::new(0, low)];
+    if size > low {
+        regions.push(GuestRange::new(HIGH_RAM_START, size - low));
+    }
+    regions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ram_splits_around_the_hole() {
+        assert_eq!(ram_regions(256 << 20), vec![GuestRange::new(0, 256 << 20)]);
+        assert_eq!(
+            ram_regions(4 << 30),
+            vec![
+                GuestRange::new(0, 0xc000_0000),
+                GuestRange::new(0x1_0000_0000, 0x4000_0000)
+            ]
+        );
+    }
+}
