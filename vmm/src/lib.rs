@@ -1,1 +1,8 @@
-//! microvmm library: configuration, host discovery, the platform plan, the VM build and run loop.
+//! microvmm: configuration, the platform plan, the VM build and its run loop.
+//!
+//! Data flows one way: configuration (CLI + JSON) -> plan -> build (arch encoders, devices) -> run.
+
+pub mod cli;
+pub mod config;
+pub mod plan;
+pub mod vm;

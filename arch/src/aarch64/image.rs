@@ -1,1 +1,809 @@
-//! (being written)
+//! Loading an arm64 Linux `Image` (raw or gzip-compressed) and placing the boot blobs around it,
+//! per Linux `Documentation/arch/arm64/booting.rst`.
+
+use std::io::{self, Read, Seek, SeekFrom};
+
+use flate2::read::GzDecoder;
+use thiserror::Error;
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
+
+use crate::platform::GuestRange;
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// The kernel goes `text_offset` bytes above a base aligned to this (booting.rst).
+pub const KERNEL_BASE_ALIGN: u64 = 2 * MIB;
+/// The largest device tree the kernel accepts (booting.rst; also its 8-byte alignment holds
+/// for any 2 MiB-aligned base).
+pub const FDT_MAX_SIZE: u64 = 2 * MIB;
+/// The region below the device tree kept for ACPI tables and the EFI system table and memory map.
+pub const FIRMWARE_TABLES_SIZE: u64 = 2 * MIB;
+/// The most a gzip kernel may decompress to, so a hostile file cannot run on without end.
+pub const MAX_DECOMPRESSED_SIZE: u64 = 128 * MIB;
+/// The initrd is aligned to the largest arm64 page size, so it is page-aligned whatever granule
+/// the kernel was built with.
+pub const INITRD_ALIGN: u64 = 64 * KIB;
+/// The initrd and the kernel must both lie in one 1 GiB-aligned window of at most 32 GiB
+/// (booting.rst), or the kernel's linear map may not reach the initrd.
+const INITRD_WINDOW_ALIGN: u64 = GIB;
+const INITRD_WINDOW_SIZE: u64 = 32 * GIB;
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+/// "ARM\x64", little-endian.
+const IMAGE_MAGIC: u32 = 0x644d_5241;
+const HEADER_SIZE: usize = 64;
+/// Bytes moved from the file to guest memory at a time.
+const COPY_CHUNK: usize = 1 << 20;
+
+#[derive(Debug, Error)]
+pub enum ImageError {
+    #[error("cannot read the kernel file")]
+    Read(#[source] io::Error),
+    #[error("cannot decompress the gzip kernel")]
+    Decompress(#[source] io::Error),
+    #[error("kernel Image header truncated: {0} of {HEADER_SIZE} bytes")]
+    TruncatedHeader(usize),
+    #[error("bad arm64 Image magic {0:#010x} (expected {IMAGE_MAGIC:#010x}, \"ARM\\x64\")")]
+    BadMagic(u32),
+    #[error("kernel Image is big-endian; only little-endian guests are supported")]
+    BigEndian,
+    #[error("kernel Image image_size is 0 (a pre-3.17 kernel): its memory footprint is unknown")]
+    UnknownImageSize,
+    #[error("kernel Image image_size {0:#x} is smaller than its own {HEADER_SIZE}-byte header")]
+    ImageSizeBelowHeader(u64),
+    #[error(
+        "kernel Image needs {size:#x} bytes at {base:#x} + text_offset {text_offset:#x}, \
+         beyond RAM {ram_base:#x}..{ram_end:#x}"
+    )]
+    ImageLargerThanRam {
+        base: u64,
+        text_offset: u64,
+        size: u64,
+        ram_base: u64,
+        ram_end: u64,
+    },
+    #[error("kernel Image file is longer than its header's image_size {0:#x}")]
+    FileLongerThanImageSize(u64),
+    #[error("gzip kernel decompresses to more than {MAX_DECOMPRESSED_SIZE:#x} bytes")]
+    DecompressedTooLarge,
+    #[error("cannot write the kernel to guest memory at {0:#x}")]
+    GuestMemory(u64, #[source] GuestMemoryError),
+    #[error("RAM range {base:#x}+{size:#x} wraps around the address space")]
+    RamWraps { base: u64, size: u64 },
+    #[error("initrd is empty")]
+    EmptyInitrd,
+    #[error("RAM {ram_base:#x}..{ram_end:#x} has no room for the {what} ({size:#x} bytes)")]
+    NoRoom {
+        what: &'static str,
+        size: u64,
+        ram_base: u64,
+        ram_end: u64,
+    },
+    #[error(
+        "the {what} at {base:#x}..{end:#x} would overlap the kernel at {kernel_base:#x}..{kernel_end:#x}"
+    )]
+    OverlapsKernel {
+        what: &'static str,
+        base: u64,
+        end: u64,
+        kernel_base: u64,
+        kernel_end: u64,
+    },
+    #[error(
+        "kernel {kernel_base:#x}..{kernel_end:#x} and initrd do not fit one 1 GiB-aligned 32 GiB window"
+    )]
+    InitrdWindow { kernel_base: u64, kernel_end: u64 },
+}
+
+/// Where the kernel went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelLoad {
+    /// The first instruction (`code0`), where the boot vCPU's PC starts.
+    pub entry: u64,
+    /// The kernel's whole footprint: the loaded file plus its bss, `image_size` bytes.
+    pub range: GuestRange,
+}
+
+/// Where the boot blobs go in RAM, top-down: device tree, firmware tables, initrd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootLayout {
+    /// The top 2 MiB-aligned 2 MiB block of RAM; the blob is written at its base.
+    pub fdt: GuestRange,
+    /// Directly below the device tree: ACPI tables, EFI system table and memory map.
+    pub firmware_tables: GuestRange,
+    /// The initrd's exact extent (`linux,initrd-start`..`linux,initrd-end`).
+    pub initrd: Option<GuestRange>,
+}
+
+/// The `flags` field of the Image header (booting.rst).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ImageFlags(u64);
+
+impl ImageFlags {
+    /// Bit 0: kernel endianness, 1 = big-endian.
+    fn big_endian(self) -> bool {
+        self.0 & 1 != 0
+    }
+
+    /// Bits 1-2: the kernel's page size in bytes, if the kernel says.
+    fn page_size(self) -> Option<u64> {
+        match (self.0 >> 1) & 0b11 {
+            1 => Some(4 * KIB),
+            2 => Some(16 * KIB),
+            3 => Some(64 * KIB),
+            _ => None,
+        }
+    }
+}
+
+/// The 64-byte header at the start of every arm64 `Image` (booting.rst); all fields are
+/// little-endian.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ImageHeader {
+    /// Executable code (a branch, or "MZ" for EFI stub kernels).
+    code0: u32,
+    code1: u32,
+    text_offset: u64,
+    /// Effective image size including bss; 0 before Linux 3.17.
+    image_size: u64,
+    flags: ImageFlags,
+}
+
+impl ImageHeader {
+    fn parse(bytes: &[u8; HEADER_SIZE]) -> Result<Self, ImageError> {
+        let u32_at = |off: usize| {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(&bytes[off..off + 4]);
+            u32::from_le_bytes(b)
+        };
+        let u64_at = |off: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[off..off + 8]);
+            u64::from_le_bytes(b)
+        };
+        let magic = u32_at(56);
+        if magic != IMAGE_MAGIC {
+            return Err(ImageError::BadMagic(magic));
+        }
+        let header = ImageHeader {
+            code0: u32_at(0),
+            code1: u32_at(4),
+            text_offset: u64_at(8),
+            image_size: u64_at(16),
+            flags: ImageFlags(u64_at(24)),
+        };
+        if header.flags.big_endian() {
+            return Err(ImageError::BigEndian);
+        }
+        match header.image_size {
+            0 => Err(ImageError::UnknownImageSize),
+            n if n < HEADER_SIZE as u64 => Err(ImageError::ImageSizeBelowHeader(n)),
+            _ => Ok(header),
+        }
+    }
+
+    /// The kernel's footprint when loaded into `ram`: `text_offset` above the first 2 MiB-aligned
+    /// address of `ram` (booting.rst asks for a base as low in RAM as possible).
+    fn placement(&self, ram: GuestRange) -> Result<GuestRange, ImageError> {
+        let ram_end = ram_end(ram)?;
+        let base = align_up(ram.base, KERNEL_BASE_ALIGN);
+        let load = base.and_then(|base| base.checked_add(self.text_offset));
+        match load.zip(load.and_then(|load| load.checked_add(self.image_size))) {
+            Some((load, end)) if end <= ram_end => Ok(GuestRange::new(load, self.image_size)),
+            _ => Err(ImageError::ImageLargerThanRam {
+                base: base.unwrap_or(ram.base),
+                text_offset: self.text_offset,
+                size: self.image_size,
+                ram_base: ram.base,
+                ram_end,
+            }),
+        }
+    }
+}
+
+/// Loads a raw or gzip-compressed arm64 `Image` into `ram` (which `mem` must back).
+pub fn load_kernel<M: GuestMemory>(
+    mem: &M,
+    ram: GuestRange,
+    kernel: &mut (impl Read + Seek),
+) -> Result<KernelLoad, ImageError> {
+    kernel.seek(SeekFrom::Start(0)).map_err(ImageError::Read)?;
+    let mut head = [0u8; HEADER_SIZE];
+    let n = read_full(kernel, &mut head).map_err(ImageError::Read)?;
+    kernel.seek(SeekFrom::Start(0)).map_err(ImageError::Read)?;
+    // A raw Image's code0 may happen to start with the gzip magic; its own magic decides first.
+    let raw = n == HEADER_SIZE && head[56..60] == IMAGE_MAGIC.to_le_bytes();
+    if !raw && head[..n].starts_with(&GZIP_MAGIC) {
+        let mut decoder = GzDecoder::new(kernel);
+        copy_image(
+            mem,
+            ram,
+            &mut decoder,
+            Some(MAX_DECOMPRESSED_SIZE),
+            ImageError::Decompress,
+        )
+    } else {
+        copy_image(mem, ram, kernel, None, ImageError::Read)
+    }
+}
+
+/// Streams the Image from `reader` into guest memory, never holding more than a chunk of it, and
+/// stops at `image_size` (and at `cap` for decompressed input).
+fn copy_image<M: GuestMemory>(
+    mem: &M,
+    ram: GuestRange,
+    reader: &mut impl Read,
+    cap: Option<u64>,
+    read_error: fn(io::Error) -> ImageError,
+) -> Result<KernelLoad, ImageError> {
+    let mut header_bytes = [0u8; HEADER_SIZE];
+    let n = read_full(reader, &mut header_bytes).map_err(read_error)?;
+    if n < HEADER_SIZE {
+        return Err(ImageError::TruncatedHeader(n));
+    }
+    let header = ImageHeader::parse(&header_bytes)?;
+    let range = header.placement(ram)?;
+    write_guest(mem, range.base, &header_bytes)?;
+
+    let mut written = HEADER_SIZE as u64;
+    let mut chunk = vec![0u8; COPY_CHUNK];
+    loop {
+        let n = read_some(reader, &mut chunk).map_err(read_error)?;
+        if n == 0 {
+            break;
+        }
+        let total = written + n as u64;
+        if cap.is_some_and(|cap| total > cap) {
+            return Err(ImageError::DecompressedTooLarge);
+        }
+        if total > header.image_size {
+            return Err(ImageError::FileLongerThanImageSize(header.image_size));
+        }
+        write_guest(mem, range.base + written, &chunk[..n])?;
+        written = total;
+    }
+
+    log::debug!(
+        "arm64 Image: code0 {:#010x} code1 {:#010x}, {written:#x} bytes loaded at {:#x}, \
+         image_size {:#x}, page size {:?}",
+        header.code0,
+        header.code1,
+        range.base,
+        header.image_size,
+        header.flags.page_size(),
+    );
+    Ok(KernelLoad {
+        entry: range.base,
+        range,
+    })
+}
+
+/// Places the device tree, the firmware tables and the initrd top-down at the end of `ram`, clear
+/// of the kernel.
+pub fn boot_layout(
+    ram: GuestRange,
+    kernel: &KernelLoad,
+    initrd_size: Option<u64>,
+) -> Result<BootLayout, ImageError> {
+    let ram_end = ram_end(ram)?;
+    let no_room = |what, size| ImageError::NoRoom {
+        what,
+        size,
+        ram_base: ram.base,
+        ram_end,
+    };
+
+    let fdt_base = ram_end
+        .checked_sub(FDT_MAX_SIZE)
+        .map(|top| align_down(top, FDT_MAX_SIZE))
+        .filter(|&base| base >= ram.base)
+        .ok_or_else(|| no_room("device tree", FDT_MAX_SIZE))?;
+    let fdt = GuestRange::new(fdt_base, FDT_MAX_SIZE);
+
+    let firmware_tables = fdt_base
+        .checked_sub(FIRMWARE_TABLES_SIZE)
+        .filter(|&base| base >= ram.base)
+        .map(|base| GuestRange::new(base, FIRMWARE_TABLES_SIZE))
+        .ok_or_else(|| no_room("firmware tables", FIRMWARE_TABLES_SIZE))?;
+    clear_of_kernel("device tree", fdt, kernel)?;
+    clear_of_kernel("firmware tables", firmware_tables, kernel)?;
+
+    let initrd = match initrd_size {
+        None => None,
+        Some(0) => return Err(ImageError::EmptyInitrd),
+        Some(size) => {
+            let window_error = || ImageError::InitrdWindow {
+                kernel_base: kernel.range.base,
+                kernel_end: kernel.range.end(),
+            };
+            let window_start = align_down(kernel.range.base, INITRD_WINDOW_ALIGN);
+            let window_end = window_start
+                .checked_add(INITRD_WINDOW_SIZE)
+                .ok_or_else(window_error)?;
+            if kernel.range.end() > window_end {
+                return Err(window_error());
+            }
+            // Below the firmware tables, unless RAM reaches past the kernel's window.
+            let top = firmware_tables.base.min(window_end);
+            let base = top
+                .checked_sub(size)
+                .map(|base| align_down(base, INITRD_ALIGN))
+                .filter(|&base| base >= ram.base)
+                .ok_or_else(|| no_room("initrd", size))?;
+            let initrd = GuestRange::new(base, size);
+            clear_of_kernel("initrd", initrd, kernel)?;
+            if base < window_start {
+                return Err(window_error());
+            }
+            Some(initrd)
+        }
+    };
+
+    Ok(BootLayout {
+        fdt,
+        firmware_tables,
+        initrd,
+    })
+}
+
+fn clear_of_kernel(
+    what: &'static str,
+    range: GuestRange,
+    kernel: &KernelLoad,
+) -> Result<(), ImageError> {
+    if range.overlaps(&kernel.range) {
+        return Err(ImageError::OverlapsKernel {
+            what,
+            base: range.base,
+            end: range.end(),
+            kernel_base: kernel.range.base,
+            kernel_end: kernel.range.end(),
+        });
+    }
+    Ok(())
+}
+
+fn ram_end(ram: GuestRange) -> Result<u64, ImageError> {
+    ram.base.checked_add(ram.size).ok_or(ImageError::RamWraps {
+        base: ram.base,
+        size: ram.size,
+    })
+}
+
+fn write_guest<M: GuestMemory>(mem: &M, addr: u64, bytes: &[u8]) -> Result<(), ImageError> {
+    mem.write_slice(bytes, GuestAddress(addr))
+        .map_err(|e| ImageError::GuestMemory(addr, e))
+}
+
+/// `align` is a power of two.
+const fn align_down(addr: u64, align: u64) -> u64 {
+    addr & !(align - 1)
+}
+
+/// `align` is a power of two; `None` on overflow.
+fn align_up(addr: u64, align: u64) -> Option<u64> {
+    addr.checked_add(align - 1).map(|a| align_down(a, align))
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match read_some(reader, &mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// One `read`, retried on `Interrupted`.
+fn read_some(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match reader.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            result => return result,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Cursor, Write};
+
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
+    use vm_memory::GuestMemoryMmap;
+
+    use super::*;
+
+    const RAM_BASE: u64 = 0x4000_0000;
+
+    fn memory(ram: GuestRange) -> GuestMemoryMmap<()> {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(ram.base), ram.size as usize)])
+            .expect("test guest memory")
+    }
+
+    fn header(text_offset: u64, image_size: u64, flags: u64) -> Vec<u8> {
+        let mut h = vec![0u8; HEADER_SIZE];
+        // code0: `b #0x40` style branch, code1: 0; any bytes do, the loader does not run them.
+        h[0..4].copy_from_slice(&0x1400_0010u32.to_le_bytes());
+        h[8..16].copy_from_slice(&text_offset.to_le_bytes());
+        h[16..24].copy_from_slice(&image_size.to_le_bytes());
+        h[24..32].copy_from_slice(&flags.to_le_bytes());
+        h[56..60].copy_from_slice(b"ARM\x64");
+        h
+    }
+
+    /// A 64-byte header followed by `payload_len` bytes of a recognisable pattern.
+    fn image(text_offset: u64, image_size: u64, payload_len: usize) -> Vec<u8> {
+        let mut img = header(text_offset, image_size, 0b1010);
+        img.extend((0..payload_len).map(|i| (i * 7 + 3) as u8));
+        img
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
+        enc.write_all(bytes).unwrap();
+        enc.finish().unwrap()
+    }
+
+    fn guest_bytes(mem: &GuestMemoryMmap<()>, addr: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
+        buf
+    }
+
+    #[test]
+    fn header_parses_fields() {
+        let mut bytes = [0u8; HEADER_SIZE];
+        bytes.copy_from_slice(&header(0x8_0000, 0x1234_5000, 0b1010));
+        let h = ImageHeader::parse(&bytes).unwrap();
+        assert_eq!(h.code0, 0x1400_0010);
+        assert_eq!(h.code1, 0);
+        assert_eq!(h.text_offset, 0x8_0000);
+        assert_eq!(h.image_size, 0x1234_5000);
+        assert!(!h.flags.big_endian());
+        assert_eq!(h.flags.page_size(), Some(4 * KIB));
+        assert_eq!(ImageFlags(0b110).page_size(), Some(64 * KIB));
+        assert_eq!(ImageFlags(0).page_size(), None);
+    }
+
+    #[test]
+    fn raw_image_lands_at_ram_base_plus_text_offset() {
+        let ram = GuestRange::new(RAM_BASE, 64 * MIB);
+        let mem = memory(ram);
+        // Longer than one copy chunk, so the chunked copy is exercised.
+        let img = image(0x8_0000, 4 * MIB, COPY_CHUNK + 4321);
+        let load = load_kernel(&mem, ram, &mut Cursor::new(&img)).unwrap();
+        assert_eq!(load.entry, RAM_BASE + 0x8_0000);
+        assert_eq!(load.range, GuestRange::new(RAM_BASE + 0x8_0000, 4 * MIB));
+        assert_eq!(guest_bytes(&mem, load.entry, img.len()), img);
+        // Nothing spilled before the load address or after the file.
+        assert_eq!(guest_bytes(&mem, load.entry - 16, 16), vec![0; 16]);
+        assert_eq!(
+            guest_bytes(&mem, load.entry + img.len() as u64, 16),
+            vec![0; 16]
+        );
+    }
+
+    #[test]
+    fn unaligned_ram_start_rounds_up_to_2mib() {
+        let ram = GuestRange::new(RAM_BASE + 0x1000, 16 * MIB);
+        let mem = memory(ram);
+        let img = image(0, MIB, 100);
+        let load = load_kernel(&mem, ram, &mut Cursor::new(&img)).unwrap();
+        assert_eq!(load.entry, RAM_BASE + 2 * MIB);
+        assert_eq!(guest_bytes(&mem, load.entry, img.len()), img);
+    }
+
+    #[test]
+    fn gzip_image_is_decompressed() {
+        let ram = GuestRange::new(RAM_BASE, 32 * MIB);
+        let mem = memory(ram);
+        let img = image(0, 8 * MIB, 3 * COPY_CHUNK + 17);
+        let load = load_kernel(&mem, ram, &mut Cursor::new(gzip(&img))).unwrap();
+        assert_eq!(load.entry, RAM_BASE);
+        assert_eq!(load.range, GuestRange::new(RAM_BASE, 8 * MIB));
+        assert_eq!(guest_bytes(&mem, RAM_BASE, img.len()), img);
+    }
+
+    #[test]
+    fn raw_image_starting_like_gzip_is_raw() {
+        let ram = GuestRange::new(RAM_BASE, 8 * MIB);
+        let mem = memory(ram);
+        let mut img = image(0, MIB, 100);
+        // `b` with imm26 0x8b1f encodes as 1f 8b 00 14.
+        img[0..4].copy_from_slice(&[0x1f, 0x8b, 0x00, 0x14]);
+        let load = load_kernel(&mem, ram, &mut Cursor::new(&img)).unwrap();
+        assert_eq!(guest_bytes(&mem, load.entry, img.len()), img);
+    }
+
+    #[test]
+    fn reader_position_does_not_matter() {
+        let ram = GuestRange::new(RAM_BASE, 8 * MIB);
+        let mem = memory(ram);
+        let img = image(0, MIB, 10);
+        let mut file = Cursor::new(&img);
+        file.set_position(30);
+        let load = load_kernel(&mem, ram, &mut file).unwrap();
+        assert_eq!(guest_bytes(&mem, load.entry, img.len()), img);
+    }
+
+    #[test]
+    fn bad_magic_is_named() {
+        let ram = GuestRange::new(RAM_BASE, 8 * MIB);
+        let mem = memory(ram);
+        let mut img = image(0, MIB, 10);
+        img[56..60].copy_from_slice(b"RISC");
+        let err = load_kernel(&mem, ram, &mut Cursor::new(&img)).unwrap_err();
+        assert!(matches!(err, ImageError::BadMagic(0x4353_4952)), "{err:?}");
+        // The same through gzip.
+        let err = load_kernel(&mem, ram, &mut Cursor::new(gzip(&img))).unwrap_err();
+        assert!(matches!(err, ImageError::BadMagic(_)), "{err:?}");
+        assert!(err.to_string().contains("0x43534952"), "{err}");
+    }
+
+    #[test]
+    fn truncated_files() {
+        let ram = GuestRange::new(RAM_BASE, 8 * MIB);
+        let mem = memory(ram);
+        let img = image(0, MIB, 0);
+        for len in [0, 1, 2, 40, 63] {
+            let err = load_kernel(&mem, ram, &mut Cursor::new(&img[..len])).unwrap_err();
+            assert!(
+                matches!(err, ImageError::TruncatedHeader(n) if n == len),
+                "{err:?}"
+            );
+        }
+        let err = load_kernel(&mem, ram, &mut Cursor::new(gzip(&img[..40]))).unwrap_err();
+        assert!(matches!(err, ImageError::TruncatedHeader(40)), "{err:?}");
+        // A header alone is a complete (if useless) Image.
+        assert!(load_kernel(&mem, ram, &mut Cursor::new(&img)).is_ok());
+    }
+
+    #[test]
+    fn truncated_gzip_stream_is_a_decompression_error() {
+        let ram = GuestRange::new(RAM_BASE, 8 * MIB);
+        let mem = memory(ram);
+        let gz = gzip(&image(0, MIB, 100_000));
+        let err = load_kernel(&mem, ram, &mut Cursor::new(&gz[..gz.len() / 2])).unwrap_err();
+        assert!(matches!(err, ImageError::Decompress(_)), "{err:?}");
+    }
+
+    /// A gzip Image that decompresses to exactly `len` bytes: a header, then zeros.
+    fn zeros_gz(image_size: u64, len: u64) -> Vec<u8> {
+        let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
+        enc.write_all(&header(0, image_size, 0)).unwrap();
+        let zeros = vec![0u8; MIB as usize];
+        let mut left = len - HEADER_SIZE as u64;
+        while left > 0 {
+            let n = left.min(MIB);
+            enc.write_all(&zeros[..n as usize]).unwrap();
+            left -= n;
+        }
+        enc.finish().unwrap()
+    }
+
+    #[test]
+    fn zip_bomb_stops_at_the_cap() {
+        // The header claims more than the cap and RAM holds it: only the cap stops the stream.
+        let ram = GuestRange::new(RAM_BASE, 256 * MIB);
+        let mem = memory(ram);
+        let bomb = zeros_gz(200 * MIB, MAX_DECOMPRESSED_SIZE + 1);
+        assert!(bomb.len() < MIB as usize);
+        let err = load_kernel(&mem, ram, &mut Cursor::new(bomb)).unwrap_err();
+        assert!(matches!(err, ImageError::DecompressedTooLarge), "{err:?}");
+        // Exactly the cap is still a kernel.
+        let at_cap = zeros_gz(200 * MIB, MAX_DECOMPRESSED_SIZE);
+        let load = load_kernel(&mem, ram, &mut Cursor::new(at_cap)).unwrap();
+        assert_eq!(load.range, GuestRange::new(RAM_BASE, 200 * MIB));
+    }
+
+    #[test]
+    fn image_larger_than_ram() {
+        let ram = GuestRange::new(RAM_BASE, 8 * MIB);
+        let mem = memory(ram);
+        let err = load_kernel(&mem, ram, &mut Cursor::new(image(0, 8 * MIB + 1, 10))).unwrap_err();
+        assert!(
+            matches!(err, ImageError::ImageLargerThanRam { base: RAM_BASE, size, .. } if size == 8 * MIB + 1),
+            "{err:?}"
+        );
+        // text_offset counts too.
+        let err =
+            load_kernel(&mem, ram, &mut Cursor::new(image(MIB, 7 * MIB + 1, 10))).unwrap_err();
+        assert!(
+            matches!(err, ImageError::ImageLargerThanRam { .. }),
+            "{err:?}"
+        );
+        // Exactly fitting is fine.
+        assert!(load_kernel(&mem, ram, &mut Cursor::new(image(MIB, 7 * MIB, 10))).is_ok());
+        // A hostile text_offset cannot wrap around.
+        let err =
+            load_kernel(&mem, ram, &mut Cursor::new(image(u64::MAX - 10, MIB, 10))).unwrap_err();
+        assert!(
+            matches!(err, ImageError::ImageLargerThanRam { .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn file_longer_than_image_size() {
+        let ram = GuestRange::new(RAM_BASE, 8 * MIB);
+        let mem = memory(ram);
+        let err = load_kernel(&mem, ram, &mut Cursor::new(image(0, 128, 65))).unwrap_err();
+        assert!(
+            matches!(err, ImageError::FileLongerThanImageSize(128)),
+            "{err:?}"
+        );
+        assert!(load_kernel(&mem, ram, &mut Cursor::new(image(0, 128, 64))).is_ok());
+    }
+
+    #[test]
+    fn header_field_checks() {
+        let ram = GuestRange::new(RAM_BASE, 8 * MIB);
+        let mem = memory(ram);
+        let be = header(0, MIB, 1);
+        let err = load_kernel(&mem, ram, &mut Cursor::new(be)).unwrap_err();
+        assert!(matches!(err, ImageError::BigEndian), "{err:?}");
+        let err = load_kernel(&mem, ram, &mut Cursor::new(header(0x8_0000, 0, 0))).unwrap_err();
+        assert!(matches!(err, ImageError::UnknownImageSize), "{err:?}");
+        let err = load_kernel(&mem, ram, &mut Cursor::new(header(0, 63, 0))).unwrap_err();
+        assert!(
+            matches!(err, ImageError::ImageSizeBelowHeader(63)),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn ram_not_backed_by_memory() {
+        let mem = memory(GuestRange::new(RAM_BASE, 8 * MIB));
+        let ram = GuestRange::new(RAM_BASE + 16 * MIB, 8 * MIB);
+        let err = load_kernel(&mem, ram, &mut Cursor::new(image(0, MIB, 10))).unwrap_err();
+        assert!(
+            matches!(err, ImageError::GuestMemory(addr, _) if addr == RAM_BASE + 16 * MIB),
+            "{err:?}"
+        );
+    }
+
+    fn kernel_at(base: u64, size: u64) -> KernelLoad {
+        KernelLoad {
+            entry: base,
+            range: GuestRange::new(base, size),
+        }
+    }
+
+    #[test]
+    fn layout_top_down() {
+        let ram = GuestRange::new(RAM_BASE, GIB);
+        let end = RAM_BASE + GIB;
+        let kernel = kernel_at(RAM_BASE, 40 * MIB);
+        let initrd_size = 10 * MIB + 123;
+        let layout = boot_layout(ram, &kernel, Some(initrd_size)).unwrap();
+        assert_eq!(layout.fdt, GuestRange::new(end - 2 * MIB, 2 * MIB));
+        assert_eq!(
+            layout.firmware_tables,
+            GuestRange::new(end - 4 * MIB, 2 * MIB)
+        );
+        let initrd = layout.initrd.unwrap();
+        assert_eq!(initrd.size, initrd_size);
+        assert!(initrd.base.is_multiple_of(INITRD_ALIGN));
+        assert!(initrd.end() <= layout.firmware_tables.base);
+        assert!(layout.firmware_tables.base - initrd.end() < INITRD_ALIGN);
+        assert_eq!(
+            initrd.base,
+            align_down(end - 4 * MIB - initrd_size, 64 * KIB)
+        );
+
+        let layout = boot_layout(ram, &kernel, None).unwrap();
+        assert_eq!(layout.initrd, None);
+        assert_eq!(layout.fdt.base, end - 2 * MIB);
+    }
+
+    #[test]
+    fn layout_unaligned_ram_end() {
+        let ram = GuestRange::new(RAM_BASE, 64 * MIB + 0x1000);
+        let layout = boot_layout(ram, &kernel_at(RAM_BASE, 8 * MIB), None).unwrap();
+        assert_eq!(layout.fdt, GuestRange::new(RAM_BASE + 62 * MIB, 2 * MIB));
+        assert!(layout.fdt.base.is_multiple_of(8));
+        assert!(layout.fdt.end() <= ram.end());
+    }
+
+    #[test]
+    fn layout_initrd_too_big() {
+        let ram = GuestRange::new(RAM_BASE, 64 * MIB);
+        let kernel = kernel_at(RAM_BASE, 40 * MIB);
+        // 20 MiB fits exactly between the kernel and the firmware tables.
+        let layout = boot_layout(ram, &kernel, Some(20 * MIB)).unwrap();
+        assert_eq!(
+            layout.initrd,
+            Some(GuestRange::new(RAM_BASE + 40 * MIB, 20 * MIB))
+        );
+        let err = boot_layout(ram, &kernel, Some(20 * MIB + 1)).unwrap_err();
+        assert!(
+            matches!(err, ImageError::OverlapsKernel { what: "initrd", .. }),
+            "{err:?}"
+        );
+        let err = boot_layout(ram, &kernel, Some(64 * MIB)).unwrap_err();
+        assert!(
+            matches!(err, ImageError::NoRoom { what: "initrd", .. }),
+            "{err:?}"
+        );
+        let err = boot_layout(ram, &kernel, Some(0)).unwrap_err();
+        assert!(matches!(err, ImageError::EmptyInitrd), "{err:?}");
+    }
+
+    #[test]
+    fn layout_tiny_ram() {
+        let kernel = kernel_at(RAM_BASE, MIB);
+        let err = boot_layout(GuestRange::new(RAM_BASE, MIB), &kernel, None).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImageError::NoRoom {
+                    what: "device tree",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let err = boot_layout(GuestRange::new(RAM_BASE, 3 * MIB), &kernel, None).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImageError::NoRoom {
+                    what: "firmware tables",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        // Room for both, but the kernel is in the way.
+        let err = boot_layout(GuestRange::new(RAM_BASE, 4 * MIB), &kernel, None).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImageError::OverlapsKernel {
+                    what: "firmware tables",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let err = boot_layout(
+            GuestRange::new(RAM_BASE, 4 * MIB),
+            &kernel_at(RAM_BASE, 3 * MIB),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImageError::OverlapsKernel {
+                    what: "device tree",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let err = boot_layout(GuestRange::new(u64::MAX - MIB, 2 * MIB), &kernel, None).unwrap_err();
+        assert!(matches!(err, ImageError::RamWraps { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn layout_initrd_stays_in_the_kernel_window() {
+        // 64 GiB of RAM: the top is beyond the 32 GiB window starting at the kernel's 1 GiB.
+        let ram = GuestRange::new(RAM_BASE, 64 * GIB);
+        let kernel = kernel_at(RAM_BASE, 40 * MIB);
+        let layout = boot_layout(ram, &kernel, Some(100 * MIB)).unwrap();
+        let initrd = layout.initrd.unwrap();
+        assert_eq!(initrd.end(), RAM_BASE + 32 * GIB);
+        assert_eq!(layout.fdt.end(), RAM_BASE + 64 * GIB);
+        // A kernel that does not itself fit a window cannot get an initrd.
+        let huge = kernel_at(RAM_BASE, 33 * GIB);
+        let err = boot_layout(ram, &huge, Some(MIB)).unwrap_err();
+        assert!(matches!(err, ImageError::InitrdWindow { .. }), "{err:?}");
+    }
+}

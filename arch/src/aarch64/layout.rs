@@ -52,6 +52,10 @@ pub const fn mpidr(index: u32) -> u64 {
     (i & 0xf) | (((i >> 4) & 0xff) << 8) | (((i >> 12) & 0xff) << 16)
 }
 
+/// The GICv3 virtual CPU interface maintenance interrupt, as a PPI (interrupt ID 25, the SBSA
+/// choice KVM also uses for a nested guest's vGIC).
+pub const GIC_MAINTENANCE_PPI: u32 = 9;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,9 @@ pub const IOAPIC: u64 = 0xfec0_0000;
 pub const LAPIC: u64 = 0xfee0_0000;
 pub const HIGH_RAM_START: u64 = 0x1_0000_0000;
 
+/// vCPUs get APIC IDs 0..n; 255 is the xAPIC broadcast ID.
+pub const MAX_VCPUS: u32 = 254;
+
 /// COM1: I/O port 0x3f8, I/O APIC pin 4.
 pub const COM1_PORT: u16 = 0x3f8;
 pub const COM1_GSI: u32 = 4;
@@ -54,6 +57,10 @@ pub fn ram_regions(size: u64) -> Vec<GuestRange> {
     }
     regions
 }
+
+/// The boot vCPU's initial stack pointer: the top of the free page between the zero page and the
+/// page tables. The kernel sets up its own stack before using much of it.
+pub const BOOT_STACK: u64 = 0x8ff0;
 
 #[cfg(test)]
 mod tests {

@@ -132,6 +132,8 @@ class Lab:
 class Outcome:
     passed: bool
     reason: str = ""
+    # Seconds from each `run_l2` start to L2's "@@LAB L2 up" line (host wall clock).
+    l2_up: list = dataclasses.field(default_factory=list)
 
 
 class Run:
@@ -294,7 +296,7 @@ class Run:
 
         fail = [(e, e.compile(self.disk_sha)) for e in DEFAULT_FAIL + s.fail]
         expect = [(e, e.compile(self.disk_sha)) for e in s.expect]
-        state = {"next": 0, "done_rc": None}
+        state = {"next": 0, "l2_start": None, "l2_up": []}
         l2_log = open(os.path.join(self.logs, "l2.log"), "w")
 
         def judge(line, timed_out=False, exit_status=None):
@@ -317,6 +319,10 @@ class Run:
                 e, rx = expect[state["next"]]
                 if e.level in (None, level) and rx.search(text):
                     state["next"] += 1
+            if line.startswith("@@LAB L2 start"):
+                state["l2_start"] = time.monotonic()
+            elif text.startswith("@@LAB L2 up") and state["l2_start"] is not None:
+                state["l2_up"].append(time.monotonic() - state["l2_start"])
             m = DONE.match(line)
             if m:
                 rc = int(m.group(1))
@@ -329,10 +335,12 @@ class Run:
             return None
 
         try:
-            return self.boot(initrd, scenario.l1_cmdline(s), judge, s.timeout,
-                             os.path.join(self.logs, "l1.log"))
+            outcome = self.boot(initrd, scenario.l1_cmdline(s), judge, s.timeout,
+                                os.path.join(self.logs, "l1.log"))
         finally:
             l2_log.close()
+        outcome.l2_up = state["l2_up"]
+        return outcome
 
 
 def main(argv):
@@ -357,9 +365,10 @@ def main(argv):
         except (scenario.ScenarioError, LabError) as e:
             outcome = Outcome(False, str(e))
         took = time.monotonic() - t0
+        timing = "".join(f"; L2 up {t:.1f}s after microvmm start" for t in outcome.l2_up)
         if outcome.passed:
             passed += 1
-            print(f"PASS {name} ({took:.0f}s)", flush=True)
+            print(f"PASS {name} ({took:.0f}s{timing})", flush=True)
         else:
             failed += 1
             print(f"FAIL {name}: {outcome.reason} ({took:.0f}s; logs in "

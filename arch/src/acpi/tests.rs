@@ -1,0 +1,632 @@
+use std::collections::BTreeMap;
+
+use super::testutil::*;
+use super::*;
+use crate::aarch64::layout as arm;
+use crate::platform::{InterruptController, PowerControl, RegisterSpace};
+use crate::x86_64::layout as x86;
+
+/// A firmware-region-sized ACPI area, as `efi::acpi_boot` hands `build`.
+fn arm_region() -> GuestRange {
+    GuestRange::new(aarch64_firmware_region().base, 0x1f_0000)
+}
+
+fn arm_tables(vcpus: u32) -> AcpiTables {
+    build(&aarch64_platform(vcpus), arm_region()).unwrap()
+}
+
+fn x86_tables(vcpus: u32) -> AcpiTables {
+    build(&x86_platform(vcpus), x86::ACPI_TABLES).unwrap()
+}
+
+fn table<'a>(tables: &'a AcpiTables, signature: &str) -> &'a AcpiTable {
+    tables
+        .get(signature)
+        .unwrap_or_else(|| panic!("no {signature} table"))
+}
+
+/// Collapses runs of whitespace so multi-line ASL can be matched as one string.
+fn squash(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn signatures(tables: &AcpiTables) -> Vec<&str> {
+    tables.tables.iter().map(|t| t.signature.as_str()).collect()
+}
+
+#[test]
+fn tables_present_per_arch() {
+    assert_eq!(
+        signatures(&arm_tables(4)),
+        [
+            "RSDP", "XSDT", "DSDT", "FACP", "APIC", "GTDT", "SPCR", "MCFG"
+        ]
+    );
+    assert_eq!(
+        signatures(&x86_tables(4)),
+        ["RSDP", "XSDT", "DSDT", "FACP", "APIC", "MCFG"]
+    );
+}
+
+#[test]
+fn checksums_and_lengths() {
+    for tables in [arm_tables(20), x86_tables(8)] {
+        for t in &tables.tables {
+            if t.signature == "RSDP" {
+                assert_eq!(&t.bytes[..8], b"RSD PTR ");
+                assert_eq!(t.bytes.len(), 36);
+                assert_eq!(t.bytes[15], 2, "RSDP revision");
+                assert_eq!(u32_at(&t.bytes, 20), 36, "RSDP length");
+                assert_eq!(checksum(&t.bytes[..20]), 0, "RSDP ACPI 1.0 checksum");
+                assert_eq!(checksum(&t.bytes), 0, "RSDP extended checksum");
+                assert_eq!(&t.bytes[9..15], &OEM_ID);
+            } else {
+                assert_eq!(&t.bytes[..4], t.signature.as_bytes());
+                assert_eq!(
+                    u32_at(&t.bytes, 4) as usize,
+                    t.bytes.len(),
+                    "{} length field",
+                    t.signature
+                );
+                assert_eq!(checksum(&t.bytes), 0, "{} checksum", t.signature);
+                assert_eq!(&t.bytes[10..16], &OEM_ID);
+                assert_eq!(&t.bytes[16..24], &OEM_TABLE_ID);
+            }
+        }
+    }
+}
+
+/// RSDP -> XSDT -> every other table, and FADT -> DSDT, by the addresses in the bytes.
+#[test]
+fn pointer_chain_reaches_every_table() {
+    for tables in [arm_tables(4), x86_tables(4)] {
+        let by_address: BTreeMap<u64, &AcpiTable> =
+            tables.tables.iter().map(|t| (t.address, t)).collect();
+        assert_eq!(
+            by_address.len(),
+            tables.tables.len(),
+            "two tables share an address"
+        );
+        let rsdp = table(&tables, "RSDP");
+        assert_eq!(rsdp.address, tables.rsdp);
+        assert_eq!(u32_at(&rsdp.bytes, 16), 0, "no 32-bit RSDT");
+
+        let xsdt = by_address[&u64_at(&rsdp.bytes, 24)];
+        assert_eq!(xsdt.signature, "XSDT");
+        let listed: Vec<&str> = xsdt.bytes[36..]
+            .chunks(8)
+            .map(|entry| by_address[&u64::from_le_bytes(entry.try_into().unwrap())])
+            .map(|t| t.signature.as_str())
+            .collect();
+        let mut expected: Vec<&str> = signatures(&tables)
+            .into_iter()
+            .filter(|s| !["RSDP", "XSDT", "DSDT"].contains(s))
+            .collect();
+        assert_eq!(listed, expected);
+        expected.sort();
+        expected.dedup();
+        assert_eq!(expected.len(), listed.len(), "a table is listed twice");
+
+        let fadt = table(&tables, "FACP");
+        assert_eq!(u32_at(&fadt.bytes, 40), 0, "32-bit DSDT pointer unused");
+        assert_eq!(by_address[&u64_at(&fadt.bytes, 140)].signature, "DSDT");
+        assert_eq!(u32_at(&fadt.bytes, 36), 0, "no FACS");
+        assert_eq!(u64_at(&fadt.bytes, 132), 0, "no FACS");
+    }
+}
+
+#[test]
+fn tables_are_aligned_disjoint_and_inside_the_region() {
+    for (tables, region) in [
+        (arm_tables(123), arm_region()),
+        (x86_tables(254), x86::ACPI_TABLES),
+    ] {
+        assert_eq!(tables.rsdp, region.base);
+        assert_eq!(tables.rsdp % RSDP_ALIGN, 0);
+        for t in &tables.tables {
+            assert_eq!(t.address % TABLE_ALIGN, 0, "{} misaligned", t.signature);
+            assert!(
+                region.contains(t.address) && t.range().end() <= region.end(),
+                "{} at {:#x}+{:#x} is outside {region:?}",
+                t.signature,
+                t.address,
+                t.bytes.len()
+            );
+        }
+        for (i, a) in tables.tables.iter().enumerate() {
+            for b in &tables.tables[i + 1..] {
+                assert!(
+                    !a.range().overlaps(&b.range()),
+                    "{} overlaps {}",
+                    a.signature,
+                    b.signature
+                );
+            }
+        }
+        let extent = tables.extent();
+        assert_eq!(extent.base, region.base);
+        assert!(extent.end() <= region.end());
+    }
+}
+
+#[test]
+fn iasl_decodes_every_table() {
+    for tables in [arm_tables(20), x86_tables(4)] {
+        for t in tables.tables.iter().filter(|t| t.signature != "RSDP") {
+            // iasl 20200925 does not take a bare RSDP; its bytes are checked above.
+            let dsl = iasl_decode(t);
+            if t.signature == "DSDT" {
+                assert!(
+                    dsl.contains("DefinitionBlock (\"\", \"DSDT\", 2, \"MCRVMM\", \"MICROVMM\""),
+                    "{dsl}"
+                );
+            } else {
+                let signature = field(&dsl, "Signature");
+                assert!(signature.starts_with(&format!("\"{}\"", t.signature)));
+                assert_eq!(hex(&field(&dsl, "Table Length")), t.bytes.len() as u64);
+            }
+        }
+    }
+}
+
+#[test]
+fn aarch64_madt_describes_every_vcpu_and_the_gic() {
+    let vcpus = 20;
+    let tables = arm_tables(vcpus);
+    let madt = table(&tables, "APIC");
+    let dsl = iasl_decode(madt);
+    assert_eq!(hex(&field(&dsl, "Revision")), 5);
+    assert_eq!(hex(&field(&dsl, "Local Apic Address")), 0);
+
+    let expected_mpidrs: Vec<u64> = (0..vcpus).map(arm::mpidr).collect();
+    let mpidrs: Vec<u64> = fields(&dsl, "ARM MPIDR").iter().map(|v| hex(v)).collect();
+    assert_eq!(mpidrs, expected_mpidrs);
+    // vCPU 16 has Aff1 = 1: the MPIDR is not the index.
+    assert_eq!(mpidrs[16], 0x100);
+    let uids: Vec<u64> = fields(&dsl, "Processor UID")
+        .iter()
+        .map(|v| hex(v))
+        .collect();
+    assert_eq!(uids, (0..u64::from(vcpus)).collect::<Vec<_>>());
+    assert!(fields(&dsl, "Processor Enabled").iter().all(|v| v == "1"));
+    assert_eq!(fields(&dsl, "Processor Enabled").len(), vcpus as usize);
+    let maintenance = u64::from(arm::GIC_MAINTENANCE_PPI + 16);
+    assert!(
+        fields(&dsl, "Virtual GIC Interrupt")
+            .iter()
+            .all(|v| hex(v) == maintenance)
+    );
+
+    let subtables: Vec<String> = fields(&dsl, "Subtable Type");
+    assert_eq!(
+        subtables.iter().filter(|s| s.starts_with("0B")).count(),
+        vcpus as usize
+    );
+    assert_eq!(
+        subtables[vcpus as usize..],
+        [
+            "0C [Generic Interrupt Distributor]",
+            "0E [Generic Interrupt Redistributor]",
+            "0F [Generic Interrupt Translator]"
+        ]
+    );
+    let bases: Vec<u64> = fields(&dsl, "Base Address")
+        .iter()
+        .map(|v| hex(v))
+        .collect();
+    // Each GICC's (unused) CPU interface base, then GICD, GICR and ITS.
+    assert_eq!(
+        bases[vcpus as usize..],
+        [arm::GIC_DIST.base, arm::GIC_REDIST_BASE, arm::GIC_ITS.base]
+    );
+    assert_eq!(hex(&field(&dsl, "Version")), 3);
+    let lengths: Vec<u64> = fields(&dsl, "Length").iter().map(|v| hex(v)).collect();
+    assert_eq!(
+        lengths.last(),
+        Some(&0x14),
+        "the ITS structure ends the table"
+    );
+    // The GICR discovery range covers every vCPU's redistributor.
+    let gicr_len = lengths[lengths.len() - 2];
+    assert_eq!(gicr_len, u64::from(vcpus) * arm::GIC_REDIST_STRIDE);
+}
+
+#[test]
+fn aarch64_fadt_is_hardware_reduced_psci_hvc() {
+    let tables = arm_tables(2);
+    let dsl = iasl_decode(table(&tables, "FACP"));
+    assert_eq!(hex(&field(&dsl, "Revision")), 6);
+    assert_eq!(hex(&field(&dsl, "FADT Minor Revision")), 5);
+    assert_eq!(field(&dsl, "Hardware Reduced (V5)"), "1");
+    assert_eq!(field(&dsl, "PSCI Compliant"), "1");
+    assert_eq!(field(&dsl, "Must use HVC for PSCI"), "1");
+    assert_eq!(hex(&field(&dsl, "Flags (decoded below)")), 1 << 20);
+    let dsdt = fields(&dsl, "DSDT Address");
+    assert_eq!(hex(&dsdt[0]), 0);
+    assert_eq!(hex(&dsdt[1]), table(&tables, "DSDT").address);
+}
+
+#[test]
+fn aarch64_gtdt_timer_interrupts() {
+    let dsl = iasl_decode(table(&arm_tables(1), "GTDT"));
+    assert_eq!(hex(&field(&dsl, "Secure EL1 Interrupt")), 29);
+    assert_eq!(hex(&field(&dsl, "Non-Secure EL1 Interrupt")), 30);
+    assert_eq!(hex(&field(&dsl, "Virtual Timer Interrupt")), 27);
+    assert_eq!(hex(&field(&dsl, "Non-Secure EL2 Interrupt")), 26);
+    assert_eq!(fields(&dsl, "Trigger Mode"), ["0"; 4], "level-triggered");
+    assert_eq!(fields(&dsl, "Polarity"), ["0"; 4], "active high");
+    assert_eq!(fields(&dsl, "Always On"), ["1"; 4]);
+    assert_eq!(hex(&field(&dsl, "Platform Timer Count")), 0);
+    assert_eq!(hex(&field(&dsl, "Counter Block Address")), u64::MAX);
+    assert_eq!(hex(&field(&dsl, "Counter Read Block Address")), u64::MAX);
+}
+
+#[test]
+fn aarch64_spcr_points_at_the_uart() {
+    let dsl = iasl_decode(table(&arm_tables(1), "SPCR"));
+    assert_eq!(hex(&field(&dsl, "Revision")), 2);
+    assert_eq!(hex(&field(&dsl, "Interface Type")), 0, "16550 compatible");
+    assert_eq!(field(&dsl, "Space ID"), "00 [SystemMemory]");
+    assert_eq!(hex(&field(&dsl, "Bit Width")), 8);
+    assert_eq!(field(&dsl, "Encoded Access Width"), "01 [Byte Access:8]");
+    assert_eq!(hex(&field(&dsl, "Address")), arm::UART.base);
+    assert_eq!(hex(&field(&dsl, "Interrupt Type")), 0x08, "GIC");
+    assert_eq!(
+        hex(&field(&dsl, "Interrupt")),
+        u64::from(arm::UART_SPI + 32)
+    );
+    assert_eq!(hex(&field(&dsl, "Baud Rate")), 7, "115200");
+    assert_eq!(hex(&field(&dsl, "Stop Bits")), 1);
+    assert_eq!(hex(&field(&dsl, "PCI Device ID")), 0xffff);
+    assert_eq!(hex(&field(&dsl, "PCI Vendor ID")), 0xffff);
+}
+
+#[test]
+fn aarch64_dsdt_has_the_uart_as_pnp0501() {
+    let dsl = squash(&iasl_decode(table(&arm_tables(1), "DSDT")));
+    for expected in [
+        "Scope (\\_SB) { Device (COM0) {",
+        "Name (_HID, EisaId (\"PNP0501\")",
+        "Name (_UID, Zero)",
+        "Memory32Fixed (ReadWrite, 0x09000000, // Address Base 0x00001000, // Address Length )",
+        "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, ) { 0x00000021, }",
+        "ToUUID (\"daffd814-6eba-4d8c-8a91-bc9bbf4aa301\")",
+        "\"clock-frequency\", 0x001C2000",
+        "\"reg-shift\", Zero",
+        "\"reg-io-width\", One",
+    ] {
+        assert!(dsl.contains(expected), "{expected:?} missing from\n{dsl}");
+    }
+}
+
+#[test]
+fn mcfg_lists_the_ecam_windows() {
+    for tables in [arm_tables(1), x86_tables(1)] {
+        let mcfg = table(&tables, "MCFG");
+        assert_eq!(mcfg.bytes.len(), 44, "header and reserved, no windows yet");
+        let dsl = iasl_decode(mcfg);
+        assert!(fields(&dsl, "Base Address").is_empty());
+    }
+    // Windows from a later plan go straight in.
+    let windows = [
+        EcamWindow {
+            base: 0x40_1000_0000,
+            segment: 0,
+            start_bus: 0,
+            end_bus: 0xff,
+        },
+        EcamWindow {
+            base: 0x40_2000_0000,
+            segment: 1,
+            start_bus: 0x10,
+            end_bus: 0x1f,
+        },
+    ];
+    let encoded = mcfg(&windows);
+    let t = AcpiTable {
+        signature: "MCFG".into(),
+        address: 0,
+        bytes: encoded.bytes,
+    };
+    assert_eq!(t.bytes.len(), 44 + 2 * 16);
+    assert_eq!(checksum(&t.bytes), 0);
+    let dsl = iasl_decode(&t);
+    let bases: Vec<u64> = fields(&dsl, "Base Address")
+        .iter()
+        .map(|v| hex(v))
+        .collect();
+    assert_eq!(bases, [0x40_1000_0000, 0x40_2000_0000]);
+    let segments: Vec<u64> = fields(&dsl, "Segment Group Number")
+        .iter()
+        .map(|v| hex(v))
+        .collect();
+    assert_eq!(segments, [0, 1]);
+    let ends: Vec<u64> = fields(&dsl, "End Bus Number")
+        .iter()
+        .map(|v| hex(v))
+        .collect();
+    assert_eq!(ends, [0xff, 0x1f]);
+}
+
+#[test]
+fn x86_madt_local_apics_ioapic_and_overrides() {
+    let vcpus = 6;
+    let dsl = iasl_decode(table(&x86_tables(vcpus), "APIC"));
+    assert_eq!(hex(&field(&dsl, "Local Apic Address")), x86::LAPIC);
+    assert_eq!(field(&dsl, "PC-AT Compatibility"), "1");
+    let ids: Vec<u64> = fields(&dsl, "Local Apic ID")
+        .iter()
+        .map(|v| hex(v))
+        .collect();
+    assert_eq!(ids, (0..u64::from(vcpus)).collect::<Vec<_>>());
+    let uids: Vec<u64> = fields(&dsl, "Processor ID")
+        .iter()
+        .map(|v| hex(v))
+        .collect();
+    assert_eq!(uids, ids);
+    assert_eq!(fields(&dsl, "Processor Enabled"), vec!["1"; vcpus as usize]);
+    assert_eq!(hex(&field(&dsl, "I/O Apic ID")), 0);
+    let address = fields(&dsl, "Address");
+    assert_eq!(address.len(), 1);
+    assert_eq!(hex(&address[0]), x86::IOAPIC);
+    // The I/O APIC's GSI base, then each override's GSI.
+    let interrupts: Vec<u64> = fields(&dsl, "Interrupt").iter().map(|v| hex(v)).collect();
+    assert_eq!(interrupts, [0, 2, 9]);
+    let sources: Vec<u64> = fields(&dsl, "Source").iter().map(|v| hex(v)).collect();
+    assert_eq!(sources, [0, 9]);
+    assert_eq!(fields(&dsl, "Polarity"), ["0", "1"], "IRQ9 active high");
+    assert_eq!(fields(&dsl, "Trigger Mode"), ["0", "3"], "IRQ9 level");
+}
+
+#[test]
+fn x86_fadt_sleep_and_reset_registers() {
+    let tables = x86_tables(1);
+    let dsl = iasl_decode(table(&tables, "FACP"));
+    assert_eq!(field(&dsl, "Hardware Reduced (V5)"), "1");
+    assert_eq!(field(&dsl, "Reset Register Supported (V2)"), "1");
+    assert_eq!(field(&dsl, "VGA Not Present (V4)"), "1");
+    assert_eq!(field(&dsl, "MSI Not Supported (V4)"), "0");
+    assert_eq!(field(&dsl, "PSCI Compliant"), "0");
+    let lines: Vec<&str> = dsl.lines().collect();
+    for (register, port) in [
+        ("Reset Register", x86::ACPI_RESET),
+        ("Sleep Control Register", x86::ACPI_SLEEP_CONTROL),
+        ("Sleep Status Register", x86::ACPI_SLEEP_STATUS),
+    ] {
+        let heading = format!("{register} : [Generic Address Structure]");
+        let at = lines
+            .iter()
+            .position(|l| l.contains(&heading))
+            .unwrap_or_else(|| panic!("no {register} in\n{dsl}"));
+        // The five GAS fields follow the heading.
+        let block = lines[at + 1..at + 6].join("\n");
+        assert_eq!(field(&block, "Space ID"), "01 [SystemIO]", "{register}");
+        assert_eq!(hex(&field(&block, "Bit Width")), 8, "{register}");
+        assert_eq!(hex(&field(&block, "Bit Offset")), 0, "{register}");
+        assert_eq!(
+            field(&block, "Encoded Access Width"),
+            "01 [Byte Access:8]",
+            "{register}"
+        );
+        assert_eq!(
+            hex(&field(&block, "Address")),
+            u64::from(port),
+            "{register}"
+        );
+    }
+    assert_eq!(
+        hex(&field(&dsl, "Value to cause reset")),
+        u64::from(x86::ACPI_RESET_VALUE)
+    );
+    let dsdt = fields(&dsl, "DSDT Address");
+    assert_eq!(hex(&dsdt[1]), table(&tables, "DSDT").address);
+}
+
+#[test]
+fn x86_dsdt_has_s5_and_com1() {
+    let dsl = squash(&iasl_decode(table(&x86_tables(1), "DSDT")));
+    for expected in [
+        "Name (\\_S5, Package (0x02) // _S5_: S5 System State { 0x05, Zero })",
+        "Device (COM1) {",
+        "Name (_HID, EisaId (\"PNP0501\")",
+        "Name (_UID, Zero)",
+        "IO (Decode16, 0x03F8, // Range Minimum 0x03F8, // Range Maximum 0x00, // Alignment 0x08, // Length )",
+        "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, ) { 0x00000004, }",
+        "\"clock-frequency\", 0x001C2000",
+    ] {
+        assert!(dsl.contains(expected), "{expected:?} missing from\n{dsl}");
+    }
+    // Port I/O: no reg-io-width, which would make Linux treat the port as MMIO.
+    assert!(!dsl.contains("reg-io-width"));
+}
+
+#[test]
+fn s5_sleep_type_comes_from_the_platform() {
+    let mut platform = x86_platform(1);
+    if let PowerControl::AcpiPorts { s5_sleep_type, .. } = &mut platform.power {
+        *s5_sleep_type = 7;
+    }
+    let tables = build(&platform, x86::ACPI_TABLES).unwrap();
+    let dsl = squash(&iasl_decode(table(&tables, "DSDT")));
+    assert!(dsl.contains("{ 0x07, Zero })"), "{dsl}");
+}
+
+#[test]
+fn no_serial_means_no_spcr_and_no_uart_device() {
+    let mut platform = aarch64_platform(2);
+    platform.serial = None;
+    let tables = build(&platform, arm_region()).unwrap();
+    assert_eq!(
+        signatures(&tables),
+        ["RSDP", "XSDT", "DSDT", "FACP", "APIC", "GTDT", "MCFG"]
+    );
+    let dsl = iasl_decode(table(&tables, "DSDT"));
+    assert!(!dsl.contains("PNP0501"));
+
+    let mut platform = x86_platform(2);
+    platform.serial = None;
+    let tables = build(&platform, x86::ACPI_TABLES).unwrap();
+    let dsl = iasl_decode(table(&tables, "DSDT"));
+    assert!(!dsl.contains("PNP0501") && dsl.contains("_S5"));
+}
+
+#[test]
+fn exact_fit_and_one_byte_short() {
+    let platform = aarch64_platform(8);
+    let needed = build(&platform, arm_region()).unwrap().extent().size;
+    let base = arm_region().base;
+    let fits = build(&platform, GuestRange::new(base, needed)).unwrap();
+    assert_eq!(fits.extent().size, needed);
+    match build(&platform, GuestRange::new(base, needed - 1)) {
+        Err(AcpiError::RegionTooSmall { needed: n, .. }) => assert_eq!(n, needed),
+        other => panic!("expected RegionTooSmall, got {other:?}"),
+    }
+}
+
+#[test]
+fn rejects_bad_regions() {
+    let platform = x86_platform(1);
+    assert!(matches!(
+        build(&platform, GuestRange::new(0xe_0000, 0x40)),
+        Err(AcpiError::RegionTooSmall { .. })
+    ));
+    assert!(matches!(
+        build(&platform, GuestRange::new(0xe_0008, 0x1_0000)),
+        Err(AcpiError::MisalignedRegion(0xe_0008))
+    ));
+    assert!(matches!(
+        build(&platform, GuestRange::new(u64::MAX - 0xf, 0x1_0000)),
+        Err(AcpiError::RegionOverflow(_))
+    ));
+    assert!(matches!(
+        build(&platform, GuestRange::new(u64::MAX - 0xff, 0x100)),
+        Err(AcpiError::RegionTooSmall { .. } | AcpiError::RegionOverflow(_))
+    ));
+}
+
+#[test]
+fn rejects_platforms_for_the_other_arch() {
+    // An aarch64 guest with x86 hardware, and the reverse.
+    let mut arm = aarch64_platform(1);
+    arm.interrupt_controller = x86_platform(1).interrupt_controller;
+    assert!(matches!(
+        build(&arm, arm_region()),
+        Err(AcpiError::InterruptController { .. })
+    ));
+    let mut arm = aarch64_platform(1);
+    arm.power = x86_platform(1).power;
+    assert!(matches!(
+        build(&arm, arm_region()),
+        Err(AcpiError::PowerControl { .. })
+    ));
+    let mut arm = aarch64_platform(1);
+    arm.serial = x86_platform(1).serial;
+    assert!(matches!(
+        build(&arm, arm_region()),
+        Err(AcpiError::SerialRegisters { .. })
+    ));
+
+    let mut x = x86_platform(1);
+    x.interrupt_controller = aarch64_platform(1).interrupt_controller;
+    assert!(matches!(
+        build(&x, x86::ACPI_TABLES),
+        Err(AcpiError::InterruptController { .. })
+    ));
+    let mut x = x86_platform(1);
+    x.power = PowerControl::PsciHvc;
+    assert!(matches!(
+        build(&x, x86::ACPI_TABLES),
+        Err(AcpiError::PowerControl { .. })
+    ));
+    let mut x = x86_platform(1);
+    x.serial = aarch64_platform(1).serial;
+    let err = build(&x, x86::ACPI_TABLES).unwrap_err();
+    assert!(matches!(err, AcpiError::SerialRegisters { .. }));
+    assert!(err.to_string().contains("Mmio"), "{err}");
+}
+
+#[test]
+fn rejects_inconsistent_platforms() {
+    let mut p = aarch64_platform(1);
+    p.timer = None;
+    assert!(matches!(
+        build(&p, arm_region()),
+        Err(AcpiError::MissingTimer)
+    ));
+
+    let mut p = aarch64_platform(4);
+    p.vcpus = 5; // one more than the redistributor region holds
+    assert!(matches!(
+        build(&p, arm_region()),
+        Err(AcpiError::RedistributorsTooSmall { vcpus: 5, .. })
+    ));
+
+    let mut p = aarch64_platform(1);
+    p.vcpus = 0;
+    assert!(matches!(build(&p, arm_region()), Err(AcpiError::NoVcpus)));
+
+    let mut p = aarch64_platform(1);
+    if let Some(timer) = &mut p.timer {
+        timer.virt_ppi = 16;
+    }
+    assert!(matches!(
+        build(&p, arm_region()),
+        Err(AcpiError::InterruptOutOfRange { irq: 16, .. })
+    ));
+
+    let mut p = aarch64_platform(1);
+    if let Some(serial) = &mut p.serial {
+        serial.irq = arm::GIC_NR_IRQS - 32;
+    }
+    assert!(matches!(
+        build(&p, arm_region()),
+        Err(AcpiError::InterruptOutOfRange {
+            what: "serial SPI",
+            ..
+        })
+    ));
+
+    let mut p = aarch64_platform(1);
+    p.serial = Some(crate::platform::SerialPort {
+        registers: RegisterSpace::Mmio(0x1_0000_0000),
+        irq: 1,
+        clock_hz: 1,
+    });
+    assert!(matches!(
+        build(&p, arm_region()),
+        Err(AcpiError::AddressAbove4G { .. })
+    ));
+
+    let mut p = x86_platform(1);
+    p.vcpus = x86::MAX_VCPUS + 1;
+    assert!(matches!(
+        build(&p, x86::ACPI_TABLES),
+        Err(AcpiError::TooManyVcpus { .. })
+    ));
+
+    let mut p = x86_platform(1);
+    if let InterruptController::X86Apic { lapic, .. } = &mut p.interrupt_controller {
+        *lapic = 0x1_fee0_0000;
+    }
+    assert!(matches!(
+        build(&p, x86::ACPI_TABLES),
+        Err(AcpiError::AddressAbove4G { .. })
+    ));
+
+    let mut p = x86_platform(1);
+    if let Some(serial) = &mut p.serial {
+        serial.irq = x86::IOAPIC_PINS;
+    }
+    assert!(matches!(
+        build(&p, x86::ACPI_TABLES),
+        Err(AcpiError::InterruptOutOfRange { .. })
+    ));
+}
+
+#[test]
+fn largest_guests_fit_their_regions() {
+    let arm = build(&aarch64_platform(arm::MAX_VCPUS), arm_region()).unwrap();
+    assert!(arm.extent().size < 0x4000);
+    let x = build(&x86_platform(x86::MAX_VCPUS), x86::ACPI_TABLES).unwrap();
+    assert!(x.extent().end() <= x86::ACPI_TABLES.end());
+}

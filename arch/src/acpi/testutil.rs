@@ -1,0 +1,208 @@
+//! Fixtures and decoders shared by the ACPI and EFI tests: platforms like the plan makes them, and
+//! the installed `iasl` and `dtc` as independent decoders.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::AcpiTable;
+use crate::aarch64::layout as arm;
+use crate::platform::{
+    ArchTimer, FirmwareInterface, GuestArch, GuestRange, InterruptController, Platform,
+    PowerControl, RegisterSpace, SerialPort,
+};
+use crate::x86_64::layout as x86;
+
+pub const MIB: u64 = 1 << 20;
+
+/// 1 GiB of RAM at the aarch64 RAM base.
+pub const AARCH64_RAM: GuestRange = GuestRange::new(arm::RAM_BASE, 1 << 30);
+
+/// Where the boot layout puts the firmware region: the 2 MiB below the top 2 MiB (the FDT).
+pub fn aarch64_firmware_region() -> GuestRange {
+    GuestRange::new(AARCH64_RAM.end() - 4 * MIB, 2 * MIB)
+}
+
+pub fn aarch64_platform(vcpus: u32) -> Platform {
+    Platform {
+        arch: GuestArch::Aarch64,
+        firmware: FirmwareInterface::Acpi,
+        vcpus,
+        memory: vec![AARCH64_RAM],
+        interrupt_controller: InterruptController::GicV3 {
+            distributor: arm::GIC_DIST,
+            redistributors: arm::gic_redistributors(vcpus),
+            redistributor_stride: arm::GIC_REDIST_STRIDE,
+            its: arm::GIC_ITS,
+            nr_irqs: arm::GIC_NR_IRQS,
+        },
+        timer: Some(ArchTimer {
+            secure_phys_ppi: arm::TIMER_SECURE_PHYS_PPI,
+            nonsecure_phys_ppi: arm::TIMER_NONSECURE_PHYS_PPI,
+            virt_ppi: arm::TIMER_VIRT_PPI,
+            hyp_ppi: arm::TIMER_HYP_PPI,
+        }),
+        serial: Some(SerialPort {
+            registers: RegisterSpace::Mmio(arm::UART.base),
+            irq: arm::UART_SPI,
+            clock_hz: arm::UART_CLOCK_HZ,
+        }),
+        power: PowerControl::PsciHvc,
+        cmdline: "console=ttyS0 earlycon panic=-1".into(),
+        initrd: Some(GuestRange::new(AARCH64_RAM.base + 64 * MIB, 0x12_3456)),
+    }
+}
+
+pub fn x86_platform(vcpus: u32) -> Platform {
+    Platform {
+        arch: GuestArch::X86_64,
+        firmware: FirmwareInterface::Acpi,
+        vcpus,
+        memory: x86::ram_regions(512 * MIB),
+        interrupt_controller: InterruptController::X86Apic {
+            lapic: x86::LAPIC,
+            ioapic: x86::IOAPIC,
+            ioapic_pins: x86::IOAPIC_PINS,
+        },
+        timer: None,
+        serial: Some(SerialPort {
+            registers: RegisterSpace::Pio(x86::COM1_PORT),
+            irq: x86::COM1_GSI,
+            clock_hz: x86::UART_CLOCK_HZ,
+        }),
+        power: PowerControl::AcpiPorts {
+            sleep_control: x86::ACPI_SLEEP_CONTROL,
+            sleep_status: x86::ACPI_SLEEP_STATUS,
+            reset: x86::ACPI_RESET,
+            reset_value: x86::ACPI_RESET_VALUE,
+            s5_sleep_type: x86::ACPI_S5_SLEEP_TYPE,
+        },
+        cmdline: "console=ttyS0".into(),
+        initrd: None,
+    }
+}
+
+pub fn checksum(bytes: &[u8]) -> u8 {
+    bytes.iter().fold(0u8, |acc, b| acc.wrapping_add(*b))
+}
+
+pub fn u16_at(bytes: &[u8], offset: usize) -> u16 {
+    u16::from_le_bytes(bytes[offset..offset + 2].try_into().unwrap())
+}
+
+pub fn u32_at(bytes: &[u8], offset: usize) -> u32 {
+    u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap())
+}
+
+pub fn u64_at(bytes: &[u8], offset: usize) -> u64 {
+    u64::from_le_bytes(bytes[offset..offset + 8].try_into().unwrap())
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(label: &str) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "microvmm-{label}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `program args` in `dir` and returns its stdout and stderr; fails the test if the tool is
+/// missing or reports failure.
+fn run(dir: &Path, program: &str, args: &[&str]) -> (String, String) {
+    let output = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program} (the tests need it installed): {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed:\n{stdout}{stderr}"
+    );
+    (stdout, stderr)
+}
+
+/// Disassembles `table` with `iasl -d` and returns the .dsl text, failing on any error or warning
+/// the disassembler reports.
+pub fn iasl_decode(table: &AcpiTable) -> String {
+    let scratch = Scratch::new("iasl");
+    let name = format!("{}.dat", table.signature);
+    std::fs::write(scratch.path().join(&name), &table.bytes).unwrap();
+    let (stdout, stderr) = run(scratch.path(), "iasl", &["-d", &name]);
+    let log = stdout + &stderr;
+    let dsl_path = scratch.path().join(format!("{}.dsl", table.signature));
+    let dsl = std::fs::read_to_string(&dsl_path)
+        .unwrap_or_else(|e| panic!("iasl wrote no {}: {e}\n{log}", dsl_path.display()));
+    for text in [&log, &dsl] {
+        for bad in ["Error", "error", "Warning", "Invalid", "**** "] {
+            assert!(
+                !text.contains(bad),
+                "iasl reports {bad:?} for {}:\n{log}\n{dsl}",
+                table.signature
+            );
+        }
+    }
+    dsl
+}
+
+/// The value iasl prints for a data-table field, e.g. `field(dsl, "Revision")` for a line
+/// `[008h 0008   1]                    Revision : 02`. Every occurrence, in order.
+pub fn fields(dsl: &str, name: &str) -> Vec<String> {
+    dsl.lines()
+        .filter_map(|line| {
+            let (key, value) = line.split_once(" : ")?;
+            let key = key.rsplit(']').next()?.trim();
+            (key == name).then(|| value.trim().to_owned())
+        })
+        .collect()
+}
+
+/// The only value of a data-table field.
+pub fn field(dsl: &str, name: &str) -> String {
+    let all = fields(dsl, name);
+    assert_eq!(
+        all.len(),
+        1,
+        "field {name:?} occurs {} times:\n{dsl}",
+        all.len()
+    );
+    all.into_iter().next().unwrap()
+}
+
+/// A hex field value as iasl prints it (`0000000009000000`, `02`).
+pub fn hex(value: &str) -> u64 {
+    let digits = value.split_whitespace().next().unwrap_or(value);
+    u64::from_str_radix(digits, 16).unwrap_or_else(|e| panic!("{value:?} is not hex: {e}"))
+}
+
+/// Decodes a device tree blob with `dtc -I dtb -O dts`.
+pub fn dtc_decode(dtb: &[u8]) -> String {
+    let scratch = Scratch::new("dtc");
+    std::fs::write(scratch.path().join("stub.dtb"), dtb).unwrap();
+    let (dts, stderr) = run(
+        scratch.path(),
+        "dtc",
+        &["-I", "dtb", "-O", "dts", "stub.dtb"],
+    );
+    assert!(stderr.is_empty(), "dtc complains:\n{stderr}");
+    dts
+}

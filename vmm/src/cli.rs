@@ -1,0 +1,178 @@
+//! The command line: every flag fills the same configuration tree a JSON file does, and wins over
+//! the file's value.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::config::{
+    BootMode, ByteSize, ConfigError, LogLevel, RebootAction, SerialConfig, VmConfig,
+};
+
+const AFTER_HELP: &str = "\
+Configuration: --config FILE.json gives the same settings as the flags (see resources/examples/);
+flags given on the command line override the file. --print-config shows the merged result.
+
+Exit status:
+  0    the guest powered off
+  1    microvmm failed (setup or a runtime fault)
+  2    the configuration is invalid (nothing was started)
+  3    the guest reset and --on-reboot is exit
+  4    the guest reported a crash
+  130  stopped by SIGINT, 143 stopped by SIGTERM";
+
+/// A small VMM for aarch64 and x86_64 Linux guests.
+#[derive(Debug, Parser)]
+#[command(name = "microvmm", version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// JSON configuration file; flags on the command line override its values.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Kernel to boot: an arm64 Image (raw or gzip-compressed) or an x86 bzImage.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+
+    /// Initramfs (cpio, optionally compressed) loaded for the kernel.
+    #[arg(long, value_name = "PATH")]
+    pub initramfs: Option<PathBuf>,
+
+    /// Kernel command line.
+    #[arg(long, value_name = "STRING", allow_hyphen_values = true)]
+    pub cmdline: Option<String>,
+
+    /// Number of vCPUs [default: 1].
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<u32>,
+
+    /// Guest RAM, e.g. 512M or 2G (a multiple of 2M) [default: 512M].
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<ByteSize>,
+
+    /// Guest serial console: stdio, none, or file=PATH (output appended) [default: stdio].
+    #[arg(long, value_name = "stdio|none|file=PATH")]
+    pub serial: Option<SerialConfig>,
+
+    /// aarch64 only: describe the hardware with a device tree or with ACPI tables [default: dt].
+    #[arg(long, value_enum)]
+    pub boot: Option<BootMode>,
+
+    /// What a guest reboot does [default: exit].
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub on_reboot: Option<RebootAction>,
+
+    /// Log verbosity (to standard error) [default: warn].
+    #[arg(long, value_enum, value_name = "LEVEL")]
+    pub log_level: Option<LogLevel>,
+
+    /// Print the merged configuration as JSON and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+impl Cli {
+    /// The configuration file's tree (or the defaults) with every given flag applied on top.
+    pub fn merged_config(&self) -> Result<VmConfig, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => VmConfig::from_file(path)?,
+            None => VmConfig::default(),
+        };
+        let payload = &mut config.payload;
+        if let Some(v) = &self.kernel {
+            payload.kernel = Some(v.clone());
+        }
+        if let Some(v) = &self.initramfs {
+            payload.initramfs = Some(v.clone());
+        }
+        if let Some(v) = &self.cmdline {
+            payload.cmdline = v.clone();
+        }
+        if let Some(v) = self.cpus {
+            config.cpus.boot = v;
+        }
+        if let Some(v) = self.memory {
+            config.memory.size = v;
+        }
+        if let Some(v) = &self.serial {
+            config.serial = v.clone();
+        }
+        if let Some(v) = self.boot {
+            config.boot = Some(v);
+        }
+        if let Some(v) = self.on_reboot {
+            config.on_reboot = v;
+        }
+        if let Some(v) = self.log_level {
+            config.log_level = v;
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("microvmm").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let mut file = tempfile("override.json");
+        write!(
+            file.1,
+            r#"{{"payload": {{"kernel": "/from/file", "cmdline": "a"}}, "cpus": {{"boot": 4}},
+                "memory": {{"size": "1G"}}}}"#
+        )
+        .unwrap();
+        let path = file.0.to_str().unwrap().to_string();
+        let merged = cli(&["--config", &path, "--cpus", "2", "--cmdline", "-b c"])
+            .merged_config()
+            .unwrap();
+        assert_eq!(merged.payload.kernel, Some("/from/file".into()));
+        assert_eq!(merged.payload.cmdline, "-b c");
+        assert_eq!(merged.cpus.boot, 2);
+        assert_eq!(merged.memory.size, ByteSize(1 << 30));
+        let _ = std::fs::remove_file(&file.0);
+    }
+
+    #[test]
+    fn flags_parse() {
+        let c = cli(&[
+            "--kernel",
+            "/k",
+            "--memory",
+            "256M",
+            "--serial",
+            "file=/tmp/s",
+            "--boot",
+            "acpi",
+            "--on-reboot",
+            "restart",
+            "--log-level",
+            "debug",
+        ])
+        .merged_config()
+        .unwrap();
+        assert_eq!(c.memory.size, ByteSize(256 << 20));
+        assert_eq!(
+            c.serial,
+            SerialConfig::File {
+                path: "/tmp/s".into()
+            }
+        );
+        assert_eq!(c.boot, Some(BootMode::Acpi));
+        assert_eq!(c.on_reboot, RebootAction::Restart);
+        assert_eq!(c.log_level, LogLevel::Debug);
+        let bad = Cli::try_parse_from(["microvmm", "--memory", "lots"]).unwrap_err();
+        assert!(bad.to_string().contains("'lots' is not a size"), "{bad}");
+    }
+
+    fn tempfile(name: &str) -> (PathBuf, std::fs::File) {
+        let path = std::env::temp_dir().join(format!("microvmm-{}-{name}", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        (path, file)
+    }
+}

@@ -1,0 +1,505 @@
+//! The configuration tree: one set of serde structs that `--config FILE.json` deserializes into and
+//! command-line flags override, validated once against the whole tree before anything touches KVM.
+
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The guest architecture this binary runs (microvmm runs guests of its own architecture).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostArch {
+    Aarch64,
+    X86_64,
+}
+
+impl HostArch {
+    pub const fn current() -> Self {
+        if cfg!(target_arch = "aarch64") {
+            HostArch::Aarch64
+        } else {
+            HostArch::X86_64
+        }
+    }
+
+    /// Most vCPUs a guest of this architecture can have with microvmm's address map.
+    pub fn max_vcpus(self) -> u32 {
+        match self {
+            HostArch::Aarch64 => arch::aarch64::layout::MAX_VCPUS,
+            HostArch::X86_64 => arch::x86_64::layout::MAX_VCPUS,
+        }
+    }
+
+    /// Longest kernel command line the guest accepts, without the terminating NUL.
+    pub fn max_cmdline(self) -> usize {
+        match self {
+            HostArch::Aarch64 => 2047,
+            HostArch::X86_64 => arch::x86_64::layout::CMDLINE_MAX as usize - 1,
+        }
+    }
+}
+
+/// A size in bytes, written as a number of bytes or with a K/M/G/T suffix (binary units).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub const MIB: u64 = 1 << 20;
+}
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let text = s.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (digits, unit) = text.split_at(split);
+        let shift = match unit.trim().to_ascii_uppercase().as_str() {
+            "" | "B" => 0,
+            "K" | "KB" | "KIB" => 10,
+            "M" | "MB" | "MIB" => 20,
+            "G" | "GB" | "GIB" => 30,
+            "T" | "TB" | "TIB" => 40,
+            _ => {
+                return Err(format!(
+                    "'{s}' is not a size (use e.g. 512M, 2G or a byte count)"
+                ));
+            }
+        };
+        let value: u64 = digits
+            .parse()
+            .map_err(|_| format!("'{s}' is not a size (use e.g. 512M, 2G or a byte count)"))?;
+        value
+            .checked_mul(1 << shift)
+            .map(ByteSize)
+            .ok_or_else(|| format!("'{s}' is too large"))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(u32, &str); 4] = [(40, "T"), (30, "G"), (20, "M"), (10, "K")];
+        for (shift, unit) in UNITS {
+            if self.0 != 0 && self.0.is_multiple_of(1 << shift) {
+                return write!(f, "{}{unit}", self.0 >> shift);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(b) => Ok(ByteSize(b)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// What the guest kernel is and how it starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PayloadConfig {
+    /// arm64 `Image` (raw or gzip) or x86 `bzImage`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initramfs: Option<PathBuf>,
+    pub cmdline: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CpusConfig {
+    pub boot: u32,
+}
+
+impl Default for CpusConfig {
+    fn default() -> Self {
+        CpusConfig { boot: 1 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    pub size: ByteSize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            size: ByteSize(512 * ByteSize::MIB),
+        }
+    }
+}
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case", tag = "mode")]
+pub enum SerialConfig {
+    /// The VMM's standard input and output.
+    #[default]
+    Stdio,
+    /// Output appended to a file; no input.
+    File { path: PathBuf },
+    /// No serial port in the guest.
+    None,
+}
+
+impl FromStr for SerialConfig {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stdio" => Ok(SerialConfig::Stdio),
+            "none" | "off" => Ok(SerialConfig::None),
+            _ => match s.strip_prefix("file=") {
+                Some(path) if !path.is_empty() => Ok(SerialConfig::File { path: path.into() }),
+                _ => Err(format!("'{s}' is not stdio, none or file=PATH")),
+            },
+        }
+    }
+}
+
+/// How an aarch64 guest learns its hardware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum BootMode {
+    /// Device tree.
+    Dt,
+    /// ACPI tables (no firmware runs: microvmm writes an EFI system table and memory map itself).
+    Acpi,
+}
+
+/// What a guest reboot does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum RebootAction {
+    /// microvmm exits (status 0, with a log line saying the guest rebooted).
+    #[default]
+    Exit,
+    /// The guest starts again from the same kernel and initramfs.
+    Restart,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Off,
+    Error,
+    #[default]
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Off => log::LevelFilter::Off,
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+/// The whole configuration of one VM.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VmConfig {
+    pub payload: PayloadConfig,
+    pub cpus: CpusConfig,
+    pub memory: MemoryConfig,
+    pub serial: SerialConfig,
+    /// aarch64 only; defaults to `dt` there. x86 guests always get ACPI.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootMode>,
+    pub on_reboot: RebootAction,
+    pub log_level: LogLevel,
+}
+
+/// One problem with a configuration, naming the field it is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("invalid configuration:\n{}", list(.0))]
+    Invalid(Vec<ConfigProblem>),
+}
+
+fn list(problems: &[ConfigProblem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Smallest guest RAM microvmm accepts; Linux with an initramfs needs more than this anyway.
+pub const MIN_MEMORY: u64 = 64 * ByteSize::MIB;
+/// Guest RAM is mapped in 2 MiB units (huge-page friendly, and the arm64 Image placement unit).
+pub const MEMORY_ALIGN: u64 = 2 * ByteSize::MIB;
+
+impl VmConfig {
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let err = |message: String| ConfigError::File {
+            path: path.to_path_buf(),
+            message,
+        };
+        let text = fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        VmConfig::from_json(&text).map_err(err)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("the config tree always serializes")
+    }
+
+    /// The boot mode this guest gets once defaults are applied.
+    pub fn boot_mode(&self, arch: HostArch) -> BootMode {
+        match arch {
+            HostArch::Aarch64 => self.boot.unwrap_or(BootMode::Dt),
+            HostArch::X86_64 => BootMode::Acpi,
+        }
+    }
+
+    /// Checks the whole tree and reports every problem, each naming its field.
+    pub fn validate(&self, arch: HostArch) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut problem = |field, message: String| problems.push(ConfigProblem { field, message });
+
+        match &self.payload.kernel {
+            None => problem("payload.kernel", "no kernel given (--kernel PATH)".into()),
+            Some(path) => {
+                if let Err(m) = readable_file(path) {
+                    problem("payload.kernel", m);
+                }
+            }
+        }
+        if let Some(path) = &self.payload.initramfs
+            && let Err(m) = readable_file(path)
+        {
+            problem("payload.initramfs", m);
+        }
+        let cmdline = &self.payload.cmdline;
+        if cmdline.len() > arch.max_cmdline() {
+            problem(
+                "payload.cmdline",
+                format!(
+                    "{} bytes, more than the {} the guest accepts",
+                    cmdline.len(),
+                    arch.max_cmdline()
+                ),
+            );
+        }
+        if cmdline.contains('\0') {
+            problem("payload.cmdline", "contains a NUL byte".into());
+        }
+
+        let cpus = self.cpus.boot;
+        if cpus == 0 || cpus > arch.max_vcpus() {
+            problem(
+                "cpus.boot",
+                format!("{cpus} is outside 1..={}", arch.max_vcpus()),
+            );
+        }
+
+        let size = self.memory.size.0;
+        if size < MIN_MEMORY {
+            problem(
+                "memory.size",
+                format!(
+                    "{} is below the minimum of {}",
+                    self.memory.size,
+                    ByteSize(MIN_MEMORY)
+                ),
+            );
+        } else if !size.is_multiple_of(MEMORY_ALIGN) {
+            problem(
+                "memory.size",
+                format!(
+                    "{} is not a multiple of {}",
+                    self.memory.size,
+                    ByteSize(MEMORY_ALIGN)
+                ),
+            );
+        } else if let Some(max) = max_memory(arch)
+            && size > max
+        {
+            problem(
+                "memory.size",
+                format!(
+                    "{} is more than the {} the guest address map holds",
+                    self.memory.size,
+                    ByteSize(max)
+                ),
+            );
+        }
+
+        if let SerialConfig::File { path } = &self.serial {
+            let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+            if path.is_dir() {
+                problem("serial.path", format!("{} is a directory", path.display()));
+            } else if let Some(dir) = parent.filter(|d| !d.is_dir()) {
+                problem(
+                    "serial.path",
+                    format!("directory {} does not exist", dir.display()),
+                );
+            }
+        }
+
+        if arch == HostArch::X86_64 && self.boot == Some(BootMode::Dt) {
+            problem(
+                "boot",
+                "device-tree boot exists only for aarch64 guests".into(),
+            );
+        }
+
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+}
+
+fn readable_file(path: &Path) -> Result<(), String> {
+    match fs::metadata(path) {
+        Err(e) => Err(format!("{}: {e}", path.display())),
+        Ok(m) if !m.is_file() => Err(format!("{} is not a regular file", path.display())),
+        Ok(_) => fs::File::open(path)
+            .map(drop)
+            .map_err(|e| format!("{}: {e}", path.display())),
+    }
+}
+
+/// Largest guest RAM the address map holds (aarch64: 40-bit IPA space above RAM_BASE).
+fn max_memory(arch: HostArch) -> Option<u64> {
+    match arch {
+        HostArch::Aarch64 => Some((1 << 40) - arch::aarch64::layout::RAM_BASE),
+        HostArch::X86_64 => Some(1 << 40),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_and_print() {
+        for (text, bytes) in [
+            ("512M", 512 << 20),
+            ("2G", 2 << 30),
+            ("2GiB", 2 << 30),
+            ("4096", 4096),
+            ("64 MiB", 64 << 20),
+            ("1T", 1 << 40),
+        ] {
+            assert_eq!(text.parse::<ByteSize>(), Ok(ByteSize(bytes)), "{text}");
+        }
+        for bad in ["", "M", "12X", "-1G", "1.5G", "99999999999999999999T"] {
+            assert!(bad.parse::<ByteSize>().is_err(), "{bad}");
+        }
+        assert_eq!(ByteSize(256 << 20).to_string(), "256M");
+        assert_eq!(ByteSize(3 << 30).to_string(), "3G");
+        assert_eq!(ByteSize(1000).to_string(), "1000");
+    }
+
+    #[test]
+    fn serial_parses() {
+        assert_eq!("stdio".parse(), Ok(SerialConfig::Stdio));
+        assert_eq!("none".parse(), Ok(SerialConfig::None));
+        assert_eq!(
+            "file=/tmp/x".parse(),
+            Ok(SerialConfig::File {
+                path: "/tmp/x".into()
+            })
+        );
+        assert!("file=".parse::<SerialConfig>().is_err());
+        assert!("tty".parse::<SerialConfig>().is_err());
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let json = r#"{
+            "payload": {"kernel": "/k", "initramfs": "/i", "cmdline": "console=ttyS0"},
+            "cpus": {"boot": 2},
+            "memory": {"size": "256M"},
+            "serial": {"mode": "file", "path": "/tmp/console"},
+            "boot": "acpi",
+            "on_reboot": "restart",
+            "log_level": "debug"
+        }"#;
+        let config = VmConfig::from_json(json).unwrap();
+        assert_eq!(config.memory.size, ByteSize(256 << 20));
+        assert_eq!(config.boot, Some(BootMode::Acpi));
+        assert_eq!(VmConfig::from_json(&config.to_json()).unwrap(), config);
+    }
+
+    #[test]
+    fn defaults_fill_what_is_missing() {
+        let config = VmConfig::from_json(r#"{"payload": {"kernel": "/k"}}"#).unwrap();
+        assert_eq!(config.cpus.boot, 1);
+        assert_eq!(config.memory.size, ByteSize(512 << 20));
+        assert_eq!(config.serial, SerialConfig::Stdio);
+        assert_eq!(config.boot_mode(HostArch::Aarch64), BootMode::Dt);
+        assert_eq!(config.boot_mode(HostArch::X86_64), BootMode::Acpi);
+    }
+
+    #[test]
+    fn validation_reports_every_problem() {
+        let config = VmConfig {
+            cpus: CpusConfig { boot: 0 },
+            memory: MemoryConfig {
+                size: ByteSize(3 << 20),
+            },
+            boot: Some(BootMode::Dt),
+            ..Default::default()
+        };
+        let Err(ConfigError::Invalid(problems)) = config.validate(HostArch::X86_64) else {
+            panic!("invalid config accepted");
+        };
+        let fields: Vec<_> = problems.iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            ["payload.kernel", "cpus.boot", "memory.size", "boot"]
+        );
+    }
+}

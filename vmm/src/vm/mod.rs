@@ -1,0 +1,272 @@
+//! Building a VM from the plan, in one linear fallible pass, and running it until the guest ends.
+//!
+//! Everything acquired during the build is owned by the values it returns, so an error part way
+//! releases what was taken (fds, memory, threads) by `Drop`.
+
+pub mod event_loop;
+pub mod exit;
+pub mod vcpu;
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+#[cfg(target_arch = "aarch64")]
+use aarch64 as guest;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+#[cfg(target_arch = "x86_64")]
+use x86_64 as guest;
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use arch::platform::{GuestRange, Platform};
+use devices::bus::{Bus, BusError};
+use devices::serial::SerialDevice;
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use crate::config::{HostArch, RebootAction, SerialConfig, VmConfig};
+use crate::plan;
+use exit::{ExitSignal, GuestExit};
+use vcpu::{Buses, VcpuThreads};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("{step}")]
+    Kvm {
+        step: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("allocating {size:#x} bytes of guest memory")]
+    Memory {
+        size: u64,
+        #[source]
+        source: vm_memory::mmap::FromRangesError,
+    },
+    #[error("{what} {path}")]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("loading the kernel {path}: {message}")]
+    Kernel { path: PathBuf, message: String },
+    #[error("loading the initramfs {path}: {message}")]
+    Initramfs { path: PathBuf, message: String },
+    #[error("building the firmware tables: {0}")]
+    Firmware(String),
+    #[error("writing {what} to guest memory at {addr:#x}")]
+    GuestWrite {
+        what: &'static str,
+        addr: u64,
+        #[source]
+        source: vm_memory::GuestMemoryError,
+    },
+    #[error("placing a device")]
+    Bus(#[from] BusError),
+    #[error("{step}")]
+    Io {
+        step: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+pub(crate) fn kvm_err(step: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { step, source }
+}
+
+pub(crate) fn io_err(step: &'static str) -> impl FnOnce(io::Error) -> VmError {
+    move |source| VmError::Io { step, source }
+}
+
+/// What the arch-specific build needs and fills in.
+pub(crate) struct BuildContext<'a> {
+    pub config: &'a VmConfig,
+    pub platform: &'a mut Platform,
+    pub vm: &'a VmFd,
+    #[cfg_attr(target_arch = "aarch64", allow(dead_code))]
+    pub kvm: &'a Kvm,
+    pub memory: &'a GuestMemoryMmap,
+    pub buses: &'a mut Buses,
+    pub serial: Option<Arc<Mutex<SerialDevice>>>,
+    /// The UART's interrupt eventfd, to register as an irqfd.
+    pub serial_irq: Option<EventFd>,
+    #[cfg_attr(target_arch = "aarch64", allow(dead_code))]
+    pub exit: Arc<ExitSignal>,
+}
+
+impl BuildContext<'_> {
+    pub fn write_blob(&self, what: &'static str, addr: u64, bytes: &[u8]) -> Result<(), VmError> {
+        self.memory
+            .write_slice(bytes, GuestAddress(addr))
+            .map_err(|source| VmError::GuestWrite { what, addr, source })
+    }
+
+    pub fn open_payload(&self, what: &'static str, path: &PathBuf) -> Result<File, VmError> {
+        File::open(path).map_err(|source| VmError::File {
+            what,
+            path: path.clone(),
+            source,
+        })
+    }
+}
+
+/// A built, not yet running VM.
+pub struct Vm {
+    // Field order is drop order: vCPUs and devices before the VM fd, memory last.
+    vcpus: Vec<VcpuFd>,
+    buses: Arc<Buses>,
+    serial: Option<Arc<Mutex<SerialDevice>>>,
+    /// Standard input feeds the serial port (serial on stdio).
+    stdin_input: bool,
+    exit: Arc<ExitSignal>,
+    _arch: guest::ArchState,
+    _vm: VmFd,
+    _memory: GuestMemoryMmap,
+    platform: Platform,
+}
+
+fn serial_output(config: &SerialConfig) -> Result<Option<Box<dyn Write + Send>>, VmError> {
+    Ok(match config {
+        SerialConfig::None => None,
+        SerialConfig::Stdio => Some(Box::new(io::stdout())),
+        SerialConfig::File { path } => Some(Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|source| VmError::File {
+                    what: "opening the serial output file",
+                    path: path.clone(),
+                    source,
+                })?,
+        )),
+    })
+}
+
+fn guest_memory(vm: &VmFd, regions: &[GuestRange]) -> Result<GuestMemoryMmap, VmError> {
+    let ranges: Vec<_> = regions
+        .iter()
+        .map(|r| (GuestAddress(r.base), r.size as usize))
+        .collect();
+    let total = regions.iter().map(|r| r.size).sum();
+    let memory = GuestMemoryMmap::from_ranges(&ranges).map_err(|source| VmError::Memory {
+        size: total,
+        source,
+    })?;
+    for (slot, region) in memory.iter().enumerate() {
+        let mem_region = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: the region is a live mapping owned by `memory`, which the Vm keeps until after
+        // the VM fd (and with it the memslot) is gone.
+        unsafe { vm.set_user_memory_region(mem_region) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(memory)
+}
+
+/// Builds the VM the configuration describes.
+pub fn build(config: &VmConfig, exit: Arc<ExitSignal>) -> Result<Vm, VmError> {
+    let mut platform = plan::platform(config, HostArch::current());
+    let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
+    let vm = guest::create_vm(&kvm)?;
+    let memory = guest_memory(&vm, &platform.memory)?;
+    let mut buses = Buses {
+        mmio: Bus::new(),
+        pio: Bus::new(),
+    };
+    let (serial, serial_irq) = match serial_output(&config.serial)? {
+        None => (None, None),
+        Some(out) => {
+            let irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("creating the serial eventfd"))?;
+            let irqfd = irq
+                .try_clone()
+                .map_err(io_err("cloning the serial eventfd"))?;
+            (
+                Some(Arc::new(Mutex::new(SerialDevice::new(irq, out)))),
+                Some(irqfd),
+            )
+        }
+    };
+    let mut ctx = BuildContext {
+        config,
+        platform: &mut platform,
+        vm: &vm,
+        kvm: &kvm,
+        memory: &memory,
+        buses: &mut buses,
+        serial: serial.clone(),
+        serial_irq,
+        exit: exit.clone(),
+    };
+    let (vcpus, arch_state) = guest::setup(&mut ctx)?;
+    Ok(Vm {
+        vcpus,
+        buses: Arc::new(buses),
+        serial,
+        stdin_input: config.serial == SerialConfig::Stdio,
+        exit,
+        _arch: arch_state,
+        _vm: vm,
+        _memory: memory,
+        platform,
+    })
+}
+
+impl Vm {
+    pub fn platform(&self) -> &Platform {
+        &self.platform
+    }
+
+    /// Runs the guest until it ends or a signal arrives.
+    pub fn run(mut self, signals: OwnedFd) -> Result<GuestExit, VmError> {
+        let vcpus = std::mem::take(&mut self.vcpus);
+        let mut threads = VcpuThreads::start(vcpus, self.buses.clone(), self.exit.clone())
+            .map_err(io_err("starting vCPU threads"))?;
+        let input = self.serial.clone().filter(|_| self.stdin_input);
+        let reason = {
+            let _terminal = input.as_ref().map(|_| event_loop::RawTerminal::enter());
+            event_loop::run(self.exit.clone(), signals, input)
+        };
+        threads.stop();
+        reason.map_err(io_err("running the event loop"))
+    }
+}
+
+/// Builds and runs the configured guest, restarting it on reset when asked to.
+pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
+    let signals = event_loop::signal_fd().map_err(io_err("setting up signal handling"))?;
+    vcpu::install_kick_handler().map_err(io_err("installing the vCPU kick handler"))?;
+    loop {
+        let exit = Arc::new(ExitSignal::new().map_err(io_err("creating the exit eventfd"))?);
+        let vm = build(config, exit)?;
+        log::info!(
+            "guest starting: {} vCPUs, {} MiB",
+            vm.platform().vcpus,
+            vm.platform().memory_size() >> 20
+        );
+        let signals = signals
+            .try_clone()
+            .map_err(io_err("duplicating the signal fd"))?;
+        let reason = vm.run(signals)?;
+        match reason {
+            GuestExit::Reset if config.on_reboot == RebootAction::Restart => {
+                log::info!("guest reset; restarting it");
+            }
+            other => return Ok(other),
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! x86_64 specifics of the VM build: in-kernel irqchip and PIT, COM1, the ACPI power block, the
+//! bzImage, initramfs, ACPI tables, zero page and the boot CPU state.
+
+use std::sync::{Arc, Mutex};
+
+use arch::acpi;
+use arch::platform::{PowerControl, RegisterSpace};
+use arch::x86_64::{boot, cpuid, layout, regs};
+use devices::bus::BusDevice;
+use devices::power::{AcpiPowerBlock, POWER_BLOCK_SIZE, PowerEvents};
+use devices::serial::SERIAL_REGISTERS;
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, Msrs, kvm_pit_config};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+
+use super::exit::{ExitSignal, GuestExit};
+use super::{BuildContext, VmError, kvm_err};
+
+/// Nothing beyond the VM fd needs keeping alive on x86.
+pub struct ArchState;
+
+/// The TSS needs three pages of guest physical space outside RAM; KVM's customary spot.
+const TSS_ADDRESS: usize = 0xfffb_d000;
+
+pub fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    vm.set_tss_address(TSS_ADDRESS)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    Ok(vm)
+}
+
+/// Guest power requests become the VM's exit reason.
+struct ExitOnPower(Arc<ExitSignal>);
+
+impl PowerEvents for ExitOnPower {
+    fn power_off(&self) {
+        self.0.report(GuestExit::PowerOff);
+    }
+    fn reset(&self) {
+        self.0.report(GuestExit::Reset);
+    }
+}
+
+pub(crate) fn setup(ctx: &mut BuildContext) -> Result<(Vec<VcpuFd>, ArchState), VmError> {
+    attach_devices(ctx)?;
+
+    let kernel_path = ctx
+        .config
+        .payload
+        .kernel
+        .clone()
+        .expect("validated: kernel set");
+    let mut kernel_file = ctx.open_payload("opening the kernel", &kernel_path)?;
+    let kernel = boot::load_kernel(ctx.memory, &mut kernel_file).map_err(|e| VmError::Kernel {
+        path: kernel_path.clone(),
+        message: e.to_string(),
+    })?;
+    if let Some(path) = &ctx.config.payload.initramfs {
+        let mut file = ctx.open_payload("opening the initramfs", path)?;
+        let size = file
+            .metadata()
+            .map_err(|source| VmError::File {
+                what: "reading the size of the initramfs",
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        let range = boot::load_initrd(ctx.memory, &ctx.platform.memory, &kernel, &mut file, size)
+            .map_err(|e| VmError::Initramfs {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        ctx.platform.initrd = Some(range);
+    }
+
+    let tables = acpi::build(ctx.platform, layout::ACPI_TABLES)
+        .map_err(|e| VmError::Firmware(e.to_string()))?;
+    for table in &tables.tables {
+        ctx.write_blob("an ACPI table", table.address, &table.bytes)?;
+    }
+    boot::write_boot_params(ctx.memory, ctx.platform, &kernel, tables.rsdp)
+        .map_err(|e| VmError::Firmware(e.to_string()))?;
+    regs::setup_boot_memory(ctx.memory).map_err(|e| VmError::Firmware(e.to_string()))?;
+
+    let vcpus = create_vcpus(ctx, kernel.entry)?;
+    Ok((vcpus, ArchState))
+}
+
+fn attach_devices(ctx: &mut BuildContext) -> Result<(), VmError> {
+    if let (Some(serial), Some(port), Some(irq)) =
+        (&ctx.serial, ctx.platform.serial, &ctx.serial_irq)
+    {
+        let RegisterSpace::Pio(base) = port.registers else {
+            return Err(VmError::Firmware(
+                "the x86 UART must be in I/O space".into(),
+            ));
+        };
+        let device: Arc<Mutex<dyn BusDevice>> = serial.clone();
+        ctx.buses
+            .pio
+            .insert(u64::from(base), SERIAL_REGISTERS, device)?;
+        ctx.vm
+            .register_irqfd(irq, port.irq)
+            .map_err(kvm_err("KVM_IRQFD for COM1"))?;
+    }
+    if let PowerControl::AcpiPorts {
+        sleep_control,
+        reset_value,
+        s5_sleep_type,
+        ..
+    } = ctx.platform.power
+    {
+        let block = AcpiPowerBlock::new(
+            s5_sleep_type,
+            reset_value,
+            Box::new(ExitOnPower(ctx.exit.clone())),
+        );
+        ctx.buses.pio.insert(
+            u64::from(sleep_control),
+            POWER_BLOCK_SIZE,
+            Arc::new(Mutex::new(block)),
+        )?;
+    }
+    Ok(())
+}
+
+fn create_vcpus(ctx: &BuildContext, entry: u64) -> Result<Vec<VcpuFd>, VmError> {
+    let supported = ctx
+        .kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let count = ctx.platform.vcpus;
+    let msrs = Msrs::from_entries(&regs::boot_msrs())
+        .map_err(|e| VmError::Firmware(format!("boot MSR list: {e:?}")))?;
+    (0..count)
+        .map(|index| {
+            let vcpu = ctx
+                .vm
+                .create_vcpu(u64::from(index))
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            let cpuid = cpuid::vcpu_cpuid(&supported, index, count)
+                .map_err(|e| VmError::Firmware(e.to_string()))?;
+            vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+            let written = vcpu.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
+            if written != msrs.as_slice().len() {
+                let refused = msrs.as_slice().get(written).map_or(0, |m| m.index);
+                return Err(VmError::Firmware(format!("KVM refused boot MSR {refused:#x}")));
+            }
+            let sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+            vcpu.set_sregs(&regs::boot_sregs(&sregs))
+                .map_err(kvm_err("KVM_SET_SREGS"))?;
+            vcpu.set_regs(&regs::boot_regs(entry))
+                .map_err(kvm_err("KVM_SET_REGS"))?;
+            vcpu.set_fpu(&regs::boot_fpu())
+                .map_err(kvm_err("KVM_SET_FPU"))?;
+            let mut lapic = vcpu.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
+            regs::set_lint(&mut lapic);
+            vcpu.set_lapic(&lapic).map_err(kvm_err("KVM_SET_LAPIC"))?;
+            Ok(vcpu)
+        })
+        .collect()
+}
