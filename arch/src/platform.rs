@@ -113,6 +113,54 @@ pub enum PowerControl {
     },
 }
 
+/// A PCI function the guest sees, placed by the plan. Every encoder and the KVM routing code read
+/// these numbers; none computes its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PciFunction {
+    /// Bus, device and function inside the bridge's segment.
+    pub bus: u8,
+    pub device: u8,
+    pub function: u8,
+    /// Requester ID: bus << 8 | device << 3 | function.
+    pub rid: u16,
+    /// aarch64: the ITS device ID its MSIs carry (the bridge's `msi_base` + RID). x86: the RID.
+    pub msi_device_id: u32,
+    /// What the user passed (host BDF or sysfs path), for messages and dumps.
+    pub label: String,
+}
+
+/// A PCI host bridge (root complex): its own segment, ECAM window and MMIO apertures. Devices sit
+/// directly on its root bus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PciBridge {
+    pub segment: u16,
+    pub bus_start: u8,
+    pub bus_end: u8,
+    /// One MiB of configuration space per bus, starting at `bus_start`.
+    pub ecam: GuestRange,
+    /// Non-prefetchable window below 4 GiB.
+    pub mmio32: GuestRange,
+    /// Prefetchable 64-bit window (GPU-sized BARs go here).
+    pub mmio64: GuestRange,
+    /// aarch64: ITS device IDs of this segment are `msi_base + RID` (the DT msi-map and IORT
+    /// ID mappings say so). x86: unused (MSIs go to the local APICs).
+    pub msi_base: u32,
+    /// Legacy INTA..INTD of slot 0 as SPI numbers (aarch64) or I/O APIC pins (x86); slot `d`
+    /// uses the standard swizzle: pin `p` -> `intx[(d + p) % 4]`.
+    pub intx: [u32; 4],
+    pub functions: Vec<PciFunction>,
+}
+
+impl PciBridge {
+    /// The ECAM address of a function's configuration space.
+    pub fn config_address(&self, bus: u8, device: u8, function: u8) -> u64 {
+        self.ecam.base
+            + ((u64::from(bus - self.bus_start) << 20)
+                | (u64::from(device) << 15)
+                | (u64::from(function) << 12))
+    }
+}
+
 /// The whole guest-visible machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Platform {
@@ -127,6 +175,8 @@ pub struct Platform {
     pub timer: Option<ArchTimer>,
     pub serial: Option<SerialPort>,
     pub power: PowerControl,
+    /// PCI host bridges, in segment order; empty when the guest has no PCI devices.
+    pub pci_bridges: Vec<PciBridge>,
     /// The kernel command line as the guest receives it.
     pub cmdline: String,
     /// Where the initramfs was loaded, if any.

@@ -54,6 +54,7 @@ fn aarch64(config: &VmConfig) -> Platform {
         }),
         power: PowerControl::PsciHvc,
         cmdline: config.payload.cmdline.clone(),
+        pci_bridges: Vec::new(),
         initrd: None,
     }
 }
@@ -84,6 +85,7 @@ fn x86_64(config: &VmConfig) -> Platform {
             s5_sleep_type: l::ACPI_S5_SLEEP_TYPE,
         },
         cmdline: config.payload.cmdline.clone(),
+        pci_bridges: Vec::new(),
         initrd: None,
     }
 }

@@ -49,6 +49,7 @@ pub fn aarch64_platform(vcpus: u32) -> Platform {
         }),
         power: PowerControl::PsciHvc,
         cmdline: "console=ttyS0 earlycon panic=-1".into(),
+        pci_bridges: Vec::new(),
         initrd: Some(GuestRange::new(AARCH64_RAM.base + 64 * MIB, 0x12_3456)),
     }
 }
@@ -78,6 +79,7 @@ pub fn x86_platform(vcpus: u32) -> Platform {
             s5_sleep_type: x86::ACPI_S5_SLEEP_TYPE,
         },
         cmdline: "console=ttyS0".into(),
+        pci_bridges: Vec::new(),
         initrd: None,
     }
 }

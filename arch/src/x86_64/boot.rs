@@ -625,6 +625,7 @@ mod tests {
                 s5_sleep_type: layout::ACPI_S5_SLEEP_TYPE,
             },
             cmdline: cmdline.to_string(),
+            pci_bridges: Vec::new(),
             initrd,
         }
     }

@@ -150,7 +150,9 @@ fn create_vcpus(ctx: &BuildContext, entry: u64) -> Result<Vec<VcpuFd>, VmError> 
             let written = vcpu.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
             if written != msrs.as_slice().len() {
                 let refused = msrs.as_slice().get(written).map_or(0, |m| m.index);
-                return Err(VmError::Firmware(format!("KVM refused boot MSR {refused:#x}")));
+                return Err(VmError::Firmware(format!(
+                    "KVM refused boot MSR {refused:#x}"
+                )));
             }
             let sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
             vcpu.set_sregs(&regs::boot_sregs(&sregs))
