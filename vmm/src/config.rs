@@ -410,11 +410,15 @@ fn readable_file(path: &Path) -> Result<(), String> {
     }
 }
 
-/// Largest guest RAM the address map holds (aarch64: 40-bit IPA space above RAM_BASE).
+/// Largest guest RAM the address map holds: RAM ends below the PCI 64-bit windows.
 fn max_memory(arch: HostArch) -> Option<u64> {
+    use arch::{aarch64::layout as a, x86_64::layout as x};
     match arch {
-        HostArch::Aarch64 => Some((1 << 40) - arch::aarch64::layout::RAM_BASE),
-        HostArch::X86_64 => Some(1 << 40),
+        HostArch::Aarch64 => Some(a::RAM_LIMIT - a::RAM_BASE),
+        // Below the MMIO hole, then from 4 GiB up to the 64-bit windows.
+        HostArch::X86_64 => {
+            Some(x::MMIO_HOLE.base + (x::PCI_MMIO64_REGION.base - x::HIGH_RAM_START))
+        }
     }
 }
 

@@ -7,7 +7,9 @@
 //! 0x0900_0000  16550 UART (4 KiB)
 //! 0x0A00_0000  platform devices the plan places (vSMMUs, CMDQV), up to 0x1000_0000
 //! 0x1000_0000  PCI 32-bit MMIO windows, up to 0x4000_0000
-//! 0x4000_0000  RAM
+//! 0x4000_0000  RAM, up to RAM_LIMIT (256 GiB)
+//! 0x40_0000_0000  PCI ECAM windows (256 MiB per host bridge)
+//! 0x80_0000_0000  PCI 64-bit windows, up to 1 TiB
 //! ```
 //! The host kernel's MSI window for nested translation is IOVA [0x800_0000, 0x810_0000); guest RAM
 //! never overlaps it, so RAM can be mapped at IOVA = GPA.
@@ -22,6 +24,16 @@ pub const UART: GuestRange = GuestRange::new(0x0900_0000, 0x1000);
 pub const PLATFORM_MMIO: GuestRange = GuestRange::new(0x0A00_0000, 0x0600_0000);
 pub const PCI_MMIO32: GuestRange = GuestRange::new(0x1000_0000, 0x3000_0000);
 pub const RAM_BASE: u64 = 0x4000_0000;
+/// Guest RAM ends below here; PCI windows live above it.
+pub const RAM_LIMIT: u64 = 0x40_0000_0000;
+/// ECAM windows of all PCI host bridges (256 MiB each: 256 buses at most).
+pub const PCI_ECAM_REGION: GuestRange = GuestRange::new(0x40_0000_0000, 0x10_0000_0000);
+/// 64-bit prefetchable windows of all PCI host bridges; ends at 1 TiB (KVM's default 40-bit IPA).
+pub const PCI_MMIO64_REGION: GuestRange = GuestRange::new(0x80_0000_0000, 0x80_0000_0000);
+/// SPIs for PCI INTx: four per host bridge from here.
+pub const PCI_INTX_SPI_BASE: u32 = 32;
+/// Most PCI host bridges (segments) a guest gets.
+pub const MAX_PCI_BRIDGES: u32 = 16;
 
 /// As many vCPUs as redistributors fit below the UART.
 pub const MAX_VCPUS: u32 = ((UART.base - GIC_REDIST_BASE) / GIC_REDIST_STRIDE) as u32;

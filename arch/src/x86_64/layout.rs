@@ -27,6 +27,15 @@ pub const LOW_RAM_END: u64 = 0xa_0000;
 pub const ACPI_TABLES: GuestRange = GuestRange::new(0xe_0000, 0x2_0000);
 pub const HIMEM_START: u64 = 0x10_0000;
 pub const MMIO_HOLE: GuestRange = GuestRange::new(0xc000_0000, 0x4000_0000);
+/// PCI 32-bit windows of all host bridges, then their ECAM windows (16 MiB each: 16 buses).
+pub const PCI_MMIO32: GuestRange = GuestRange::new(0xc000_0000, 0x2000_0000);
+pub const PCI_ECAM_REGION: GuestRange = GuestRange::new(0xe000_0000, 0x1000_0000);
+/// 64-bit windows of all PCI host bridges, above guest RAM (which must end below it).
+pub const PCI_MMIO64_REGION: GuestRange = GuestRange::new(0x80_0000_0000, 0x80_0000_0000);
+/// I/O APIC pins for PCI INTx: 16..24, shared by the bridges four at a time.
+pub const PCI_INTX_PIN_BASE: u32 = 16;
+/// Most PCI host bridges (segments) a guest gets.
+pub const MAX_PCI_BRIDGES: u32 = 16;
 pub const IOAPIC: u64 = 0xfec0_0000;
 pub const LAPIC: u64 = 0xfee0_0000;
 pub const HIGH_RAM_START: u64 = 0x1_0000_0000;
