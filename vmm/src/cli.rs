@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::config::{
-    BootMode, ByteSize, ConfigError, LogLevel, RebootAction, SerialConfig, VmConfig,
+    BootMode, BridgeConfig, ByteSize, ConfigError, DeviceConfig, LogLevel, RebootAction,
+    SerialConfig, VmConfig,
 };
 
 const AFTER_HELP: &str = "\
@@ -65,6 +66,16 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "LEVEL")]
     pub log_level: Option<LogLevel>,
 
+    /// Pass a host PCI device bound to vfio-pci through to the guest, on guest PCI host bridge n
+    /// (default 0). Repeatable; replaces the config file's device list.
+    #[arg(long = "device", value_name = "vfio=<BDF|sysfs path>[,bridge=<n>]")]
+    pub devices: Vec<DeviceConfig>,
+
+    /// Declare a guest PCI host bridge and size its 64-bit window (bridges named by devices
+    /// exist anyway). Repeatable; replaces the config file's bridge list.
+    #[arg(long = "pci-bridge", value_name = "id=<n>[,mmio64=<size>]")]
+    pub pci_bridges: Vec<BridgeConfig>,
+
     /// Print the merged configuration as JSON and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -104,6 +115,12 @@ impl Cli {
         }
         if let Some(v) = self.log_level {
             config.log_level = v;
+        }
+        if !self.devices.is_empty() {
+            config.devices = self.devices.clone();
+        }
+        if !self.pci_bridges.is_empty() {
+            config.pci_bridges = self.pci_bridges.clone();
         }
         Ok(config)
     }

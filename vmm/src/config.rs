@@ -32,6 +32,20 @@ impl HostArch {
         }
     }
 
+    pub fn max_pci_bridges(self) -> u32 {
+        match self {
+            HostArch::Aarch64 => arch::aarch64::layout::MAX_PCI_BRIDGES,
+            HostArch::X86_64 => arch::x86_64::layout::MAX_PCI_BRIDGES,
+        }
+    }
+
+    pub fn pci_mmio64_region_size(self) -> u64 {
+        match self {
+            HostArch::Aarch64 => arch::aarch64::layout::PCI_MMIO64_REGION.size,
+            HostArch::X86_64 => arch::x86_64::layout::PCI_MMIO64_REGION.size,
+        }
+    }
+
     /// Longest kernel command line the guest accepts, without the terminating NUL.
     pub fn max_cmdline(self) -> usize {
         match self {
@@ -225,6 +239,75 @@ impl LogLevel {
     }
 }
 
+/// A host PCI device passed through to the guest (bound to vfio-pci on the host).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Host PCI address (`DDDD:BB:DD.F`, or `BB:DD.F` in segment 0) or sysfs path of the device.
+    pub vfio: String,
+    /// The guest PCI host bridge (segment) it sits on.
+    #[serde(default)]
+    pub bridge: u16,
+}
+
+impl FromStr for DeviceConfig {
+    type Err = String;
+
+    /// `vfio=<BDF or sysfs path>[,bridge=<n>]`
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut vfio = None;
+        let mut bridge = 0;
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("vfio", v)) if !v.is_empty() => vfio = Some(v.to_string()),
+                Some(("bridge", v)) => {
+                    bridge = v
+                        .parse()
+                        .map_err(|_| format!("bridge '{v}' is not a bridge number"))?
+                }
+                _ => return Err(format!("'{part}' is not vfio=<BDF|path> or bridge=<n>")),
+            }
+        }
+        let vfio = vfio.ok_or_else(|| format!("'{s}' names no device (vfio=<BDF|path>)"))?;
+        Ok(DeviceConfig { vfio, bridge })
+    }
+}
+
+/// A PCI host bridge declared explicitly, to size its windows. Bridges that devices name are
+/// created with default windows when not declared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeConfig {
+    pub id: u16,
+    /// Size of its 64-bit prefetchable window (GPU BARs go here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mmio64_size: Option<ByteSize>,
+}
+
+impl FromStr for BridgeConfig {
+    type Err = String;
+
+    /// `id=<n>[,mmio64=<size>]`
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut id = None;
+        let mut mmio64_size = None;
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("id", v)) => {
+                    id = Some(
+                        v.parse()
+                            .map_err(|_| format!("id '{v}' is not a bridge number"))?,
+                    )
+                }
+                Some(("mmio64", v)) => mmio64_size = Some(v.parse()?),
+                _ => return Err(format!("'{part}' is not id=<n> or mmio64=<size>")),
+            }
+        }
+        let id = id.ok_or_else(|| format!("'{s}' has no id=<n>"))?;
+        Ok(BridgeConfig { id, mmio64_size })
+    }
+}
+
 /// The whole configuration of one VM.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -238,12 +321,17 @@ pub struct VmConfig {
     pub boot: Option<BootMode>,
     pub on_reboot: RebootAction,
     pub log_level: LogLevel,
+    /// Host devices passed through, in guest slot order per bridge.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceConfig>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pci_bridges: Vec<BridgeConfig>,
 }
 
 /// One problem with a configuration, naming the field it is in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
-    pub field: &'static str,
+    pub field: String,
     pub message: String,
 }
 
@@ -303,7 +391,12 @@ impl VmConfig {
     /// Checks the whole tree and reports every problem, each naming its field.
     pub fn validate(&self, arch: HostArch) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
-        let mut problem = |field, message: String| problems.push(ConfigProblem { field, message });
+        let mut problem = |field: &str, message: String| {
+            problems.push(ConfigProblem {
+                field: field.to_string(),
+                message,
+            })
+        };
 
         match &self.payload.kernel {
             None => problem("payload.kernel", "no kernel given (--kernel PATH)".into()),
@@ -392,12 +485,100 @@ impl VmConfig {
             );
         }
 
+        let max_bridges = arch.max_pci_bridges();
+        let mut declared = std::collections::BTreeSet::new();
+        for (i, bridge) in self.pci_bridges.iter().enumerate() {
+            let field = format!("pci_bridges[{i}]");
+            if u32::from(bridge.id) >= max_bridges {
+                problem(
+                    &format!("{field}.id"),
+                    format!("{} is outside 0..{max_bridges}", bridge.id),
+                );
+            }
+            if !declared.insert(bridge.id) {
+                problem(
+                    &format!("{field}.id"),
+                    format!("bridge {} declared twice", bridge.id),
+                );
+            }
+            if let Some(size) = bridge.mmio64_size {
+                let max = arch.pci_mmio64_region_size() / u64::from(max_bridges);
+                if size.0 == 0 || !size.0.is_multiple_of(1 << 30) || size.0 > max {
+                    problem(
+                        &format!("{field}.mmio64_size"),
+                        format!(
+                            "{size} is not a multiple of 1G between 1G and {}",
+                            ByteSize(max)
+                        ),
+                    );
+                }
+            }
+        }
+        if !self.devices.is_empty() {
+            // Said at the edge until the VFIO backend is wired into the VM build.
+            problem(
+                "devices",
+                "VFIO passthrough is not implemented yet in this build".into(),
+            );
+        }
+        let mut seen: Vec<(String, usize)> = Vec::new();
+        let mut per_bridge = std::collections::BTreeMap::<u16, usize>::new();
+        for (i, device) in self.devices.iter().enumerate() {
+            let field = format!("devices[{i}]");
+            let key = normalize_device(&device.vfio);
+            if key.is_empty() {
+                problem(&format!("{field}.vfio"), "names no device".into());
+            } else if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
+                problem(
+                    &format!("{field}.vfio"),
+                    format!(
+                        "{} is already passed through as devices[{first}]",
+                        device.vfio
+                    ),
+                );
+            } else {
+                seen.push((key, i));
+            }
+            if u32::from(device.bridge) >= max_bridges {
+                problem(
+                    &format!("{field}.bridge"),
+                    format!("{} is outside 0..{max_bridges}", device.bridge),
+                );
+            }
+            let count = per_bridge.entry(device.bridge).or_default();
+            *count += 1;
+            if *count == MAX_DEVICES_PER_BRIDGE + 1 {
+                problem(
+                    &format!("{field}.bridge"),
+                    format!(
+                        "bridge {} already holds {MAX_DEVICES_PER_BRIDGE} devices, all it can",
+                        device.bridge
+                    ),
+                );
+            }
+        }
+
         if problems.is_empty() {
             Ok(())
         } else {
             Err(ConfigError::Invalid(problems))
         }
     }
+}
+
+/// Devices sit in slots 1..=31 of their bridge's root bus (slot 0 is the host bridge).
+pub const MAX_DEVICES_PER_BRIDGE: usize = 31;
+
+/// The same host device written two ways (`02:00.0`, `0000:02:00.0`, a sysfs path) compares equal.
+pub fn normalize_device(text: &str) -> String {
+    let text = text.trim().trim_end_matches('/');
+    let name = text.rsplit('/').next().unwrap_or(text);
+    let name = if name.matches(':').count() == 1 {
+        format!("0000:{name}")
+    } else {
+        name.to_string()
+    };
+    name.to_ascii_lowercase()
 }
 
 fn readable_file(path: &Path) -> Result<(), String> {
@@ -500,10 +681,66 @@ mod tests {
         let Err(ConfigError::Invalid(problems)) = config.validate(HostArch::X86_64) else {
             panic!("invalid config accepted");
         };
-        let fields: Vec<_> = problems.iter().map(|p| p.field).collect();
+        let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(
             fields,
             ["payload.kernel", "cpus.boot", "memory.size", "boot"]
         );
+    }
+
+    #[test]
+    fn device_and_bridge_flags_parse() {
+        assert_eq!(
+            "vfio=0000:02:00.0,bridge=3".parse(),
+            Ok(DeviceConfig {
+                vfio: "0000:02:00.0".into(),
+                bridge: 3
+            })
+        );
+        assert!("bridge=1".parse::<DeviceConfig>().is_err());
+        assert!("vfio=x,slot=2".parse::<DeviceConfig>().is_err());
+        assert_eq!(
+            "id=2,mmio64=64G".parse(),
+            Ok(BridgeConfig {
+                id: 2,
+                mmio64_size: Some(ByteSize(64 << 30))
+            })
+        );
+        assert_eq!(normalize_device("02:00.0"), "0000:02:00.0");
+        assert_eq!(
+            normalize_device("/sys/bus/pci/devices/0000:02:00.0/"),
+            "0000:02:00.0"
+        );
+    }
+
+    #[test]
+    fn device_lists_are_checked_whole() {
+        let mut config = VmConfig {
+            devices: vec![
+                "vfio=02:00.0".parse().unwrap(),
+                "vfio=/sys/bus/pci/devices/0000:02:00.0".parse().unwrap(),
+                "vfio=03:00.0,bridge=99".parse().unwrap(),
+            ],
+            pci_bridges: vec!["id=1".parse().unwrap(), "id=1,mmio64=3M".parse().unwrap()],
+            ..Default::default()
+        };
+        config.devices.extend((0..32).map(|i| DeviceConfig {
+            vfio: format!("0000:10:{i:02x}.0"),
+            bridge: 5,
+        }));
+        let Err(ConfigError::Invalid(problems)) = config.validate(HostArch::Aarch64) else {
+            panic!("accepted");
+        };
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        let has = |s: &str| text.iter().any(|t| t.contains(s));
+        for want in [
+            "devices[1].vfio: /sys/bus/pci/devices/0000:02:00.0 is already passed through as devices[0]",
+            "devices[2].bridge: 99 is outside 0..16",
+            "devices[34].bridge: bridge 5 already holds 31 devices",
+            "pci_bridges[1].id: bridge 1 declared twice",
+            "pci_bridges[1].mmio64_size: 3M is not a multiple of 1G",
+        ] {
+            assert!(has(want), "missing '{want}' in {text:?}");
+        }
     }
 }
