@@ -4,5 +4,6 @@
 
 pub mod cli;
 pub mod config;
+pub mod host;
 pub mod plan;
 pub mod vm;

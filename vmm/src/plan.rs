@@ -1,19 +1,140 @@
 //! The platform plan: everything the guest will see, computed once from the validated
 //! configuration. Every encoder (device tree, ACPI, boot parameters) and the VM build read it.
 
+use std::collections::BTreeSet;
+
 use arch::platform::{
-    ArchTimer, FirmwareInterface, GuestArch, InterruptController, Platform, PowerControl,
-    RegisterSpace, SerialPort,
+    ArchTimer, FirmwareInterface, GuestArch, GuestRange, InterruptController, PciBridge,
+    PciFunction, Platform, PowerControl, RegisterSpace, SerialPort,
 };
 
 use crate::config::{BootMode, HostArch, SerialConfig, VmConfig};
+use crate::host::HostDevice;
 
-/// The guest platform for a configuration already validated for `arch`.
-pub fn platform(config: &VmConfig, arch: HostArch) -> Platform {
-    match arch {
+/// The guest platform for a configuration already validated for `arch`, with the host devices
+/// the probe found for its `devices` (same order).
+pub fn platform(config: &VmConfig, arch: HostArch, devices: &[HostDevice]) -> Platform {
+    let mut platform = match arch {
         HostArch::Aarch64 => aarch64(config),
         HostArch::X86_64 => x86_64(config),
+    };
+    platform.pci_bridges = pci_topology(config, arch, devices);
+    platform
+}
+
+/// Where a bridge's windows go and how its interrupts are numbered, per architecture.
+struct PciLayout {
+    ecam_region: GuestRange,
+    ecam_stride: u64,
+    mmio32: GuestRange,
+    mmio64_region: GuestRange,
+    max_bridges: u32,
+    /// ITS device IDs per segment (aarch64); x86 MSIs carry no device ID.
+    msi_segment_shift: Option<u32>,
+    intx: fn(u16) -> [u32; 4],
+}
+
+fn pci_layout(arch: HostArch) -> PciLayout {
+    match arch {
+        HostArch::Aarch64 => {
+            use arch::aarch64::layout as l;
+            PciLayout {
+                ecam_region: l::PCI_ECAM_REGION,
+                ecam_stride: 256 << 20,
+                mmio32: l::PCI_MMIO32,
+                mmio64_region: l::PCI_MMIO64_REGION,
+                max_bridges: l::MAX_PCI_BRIDGES,
+                msi_segment_shift: Some(16),
+                intx: |id| {
+                    std::array::from_fn(|pin| l::PCI_INTX_SPI_BASE + 4 * u32::from(id) + pin as u32)
+                },
+            }
+        }
+        HostArch::X86_64 => {
+            use arch::x86_64::layout as l;
+            PciLayout {
+                ecam_region: l::PCI_ECAM_REGION,
+                ecam_stride: 16 << 20,
+                mmio32: l::PCI_MMIO32,
+                mmio64_region: l::PCI_MMIO64_REGION,
+                max_bridges: l::MAX_PCI_BRIDGES,
+                msi_segment_shift: None,
+                // Eight pins shared by all bridges, four per bridge parity.
+                intx: |id| {
+                    std::array::from_fn(|pin| {
+                        l::PCI_INTX_PIN_BASE + 4 * u32::from(id % 2) + pin as u32
+                    })
+                },
+            }
+        }
     }
+}
+
+/// Devices sit directly on their bridge's root bus, in configuration order, from slot 1 (slot 0
+/// is the emulated host bridge).
+pub const FIRST_DEVICE_SLOT: u8 = 1;
+
+/// The PCI host bridges: every declared bridge and every bridge a device names, each its own
+/// segment numbered by its id, with fixed windows per id so adding a bridge moves no other.
+fn pci_topology(config: &VmConfig, arch: HostArch, devices: &[HostDevice]) -> Vec<PciBridge> {
+    let layout = pci_layout(arch);
+    let ids: BTreeSet<u16> = config
+        .pci_bridges
+        .iter()
+        .map(|b| b.id)
+        .chain(config.devices.iter().map(|d| d.bridge))
+        .collect();
+    let slot32 = layout.mmio32.size / u64::from(layout.max_bridges);
+    let slot64 = layout.mmio64_region.size / u64::from(layout.max_bridges);
+    ids.into_iter()
+        .map(|id| {
+            let index = u64::from(id);
+            let mmio64_size = config
+                .pci_bridges
+                .iter()
+                .find(|b| b.id == id)
+                .and_then(|b| b.mmio64_size)
+                .map_or(slot64, |s| s.0);
+            let msi_base = layout
+                .msi_segment_shift
+                .map_or(0, |shift| u32::from(id) << shift);
+            let functions = config
+                .devices
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.bridge == id)
+                .enumerate()
+                .map(|(n, (index, _))| {
+                    let device = FIRST_DEVICE_SLOT + n as u8;
+                    let rid = u16::from(device) << 3;
+                    PciFunction {
+                        bus: 0,
+                        device,
+                        function: 0,
+                        rid,
+                        msi_device_id: msi_base + u32::from(rid),
+                        label: devices
+                            .get(index)
+                            .map_or_else(|| config.devices[index].vfio.clone(), |h| h.bdf.clone()),
+                    }
+                })
+                .collect();
+            PciBridge {
+                segment: id,
+                bus_start: 0,
+                bus_end: 0,
+                ecam: GuestRange::new(
+                    layout.ecam_region.base + index * layout.ecam_stride,
+                    1 << 20,
+                ),
+                mmio32: GuestRange::new(layout.mmio32.base + index * slot32, slot32),
+                mmio64: GuestRange::new(layout.mmio64_region.base + index * slot64, mmio64_size),
+                msi_base,
+                intx: (layout.intx)(id),
+                functions,
+            }
+        })
+        .collect()
 }
 
 fn serial_enabled(config: &VmConfig) -> bool {
@@ -53,8 +174,8 @@ fn aarch64(config: &VmConfig) -> Platform {
             clock_hz: l::UART_CLOCK_HZ,
         }),
         power: PowerControl::PsciHvc,
-        cmdline: config.payload.cmdline.clone(),
         pci_bridges: Vec::new(),
+        cmdline: config.payload.cmdline.clone(),
         initrd: None,
     }
 }
@@ -84,8 +205,8 @@ fn x86_64(config: &VmConfig) -> Platform {
             reset_value: l::ACPI_RESET_VALUE,
             s5_sleep_type: l::ACPI_S5_SLEEP_TYPE,
         },
-        cmdline: config.payload.cmdline.clone(),
         pci_bridges: Vec::new(),
+        cmdline: config.payload.cmdline.clone(),
         initrd: None,
     }
 }
@@ -109,7 +230,7 @@ mod tests {
     fn aarch64_plan_follows_the_config() {
         let mut c = config(4, 256);
         c.boot = Some(BootMode::Acpi);
-        let p = platform(&c, HostArch::Aarch64);
+        let p = platform(&c, HostArch::Aarch64, &[]);
         assert_eq!(p.firmware, FirmwareInterface::Acpi);
         assert_eq!(p.memory_size(), 256 << 20);
         assert_eq!(p.memory[0].base, arch::aarch64::layout::RAM_BASE);
@@ -127,10 +248,63 @@ mod tests {
     fn x86_plan_splits_memory_and_has_no_serial_when_disabled() {
         let mut c = config(2, 4096);
         c.serial = SerialConfig::None;
-        let p = platform(&c, HostArch::X86_64);
+        let p = platform(&c, HostArch::X86_64, &[]);
         assert_eq!(p.memory.len(), 2);
         assert_eq!(p.memory_size(), 4 << 30);
         assert!(p.serial.is_none());
         assert_eq!(p.firmware, FirmwareInterface::Acpi);
+        assert!(p.pci_bridges.is_empty(), "no devices, no PCI");
+    }
+
+    #[test]
+    fn topology_places_devices_per_bridge_with_ids_from_one_place() {
+        let mut c = config(1, 256);
+        c.devices = ["vfio=02:00.0", "vfio=03:00.0,bridge=2", "vfio=04:00.0"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        c.pci_bridges = vec!["id=5,mmio64=8G".parse().unwrap()];
+        let p = platform(&c, HostArch::Aarch64, &[]);
+        let segments: Vec<u16> = p.pci_bridges.iter().map(|b| b.segment).collect();
+        assert_eq!(segments, [0, 2, 5]);
+        let b0 = &p.pci_bridges[0];
+        let slots: Vec<(u8, u16, u32)> = b0
+            .functions
+            .iter()
+            .map(|f| (f.device, f.rid, f.msi_device_id))
+            .collect();
+        assert_eq!(slots, [(1, 0x08, 0x08), (2, 0x10, 0x10)]);
+        let b2 = &p.pci_bridges[1];
+        assert_eq!(b2.functions[0].msi_device_id, (2 << 16) | 0x08);
+        assert_eq!(
+            b2.functions[0].label,
+            "vfio=03:00.0".trim_start_matches("vfio=")
+        );
+        assert_eq!(p.pci_bridges[2].mmio64.size, 8 << 30);
+        assert!(p.pci_bridges[2].functions.is_empty());
+        // Windows never overlap each other, RAM or the fixed devices.
+        let mut ranges: Vec<GuestRange> = p.memory.clone();
+        for b in &p.pci_bridges {
+            ranges.extend([b.ecam, b.mmio32, b.mmio64]);
+        }
+        for (i, a) in ranges.iter().enumerate() {
+            for b in &ranges[i + 1..] {
+                assert!(!a.overlaps(b), "{a:?} overlaps {b:?}");
+            }
+        }
+        assert_eq!(p.pci_bridges[1].intx, [40, 41, 42, 43]);
+        assert_eq!(b0.config_address(0, 2, 0), b0.ecam.base + (2 << 15));
+    }
+
+    #[test]
+    fn x86_topology_shares_intx_pins_and_has_no_msi_ids() {
+        let mut c = config(1, 256);
+        c.devices = vec!["vfio=02:00.0,bridge=1".parse().unwrap()];
+        let p = platform(&c, HostArch::X86_64, &[]);
+        let b = &p.pci_bridges[0];
+        assert_eq!(b.msi_base, 0);
+        assert_eq!(b.intx, [20, 21, 22, 23]);
+        assert!(b.ecam.base >= arch::x86_64::layout::PCI_ECAM_REGION.base);
+        assert!(b.mmio32.end() <= arch::x86_64::layout::PCI_ECAM_REGION.base);
     }
 }

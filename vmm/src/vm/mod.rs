@@ -180,7 +180,7 @@ fn guest_memory(vm: &VmFd, regions: &[GuestRange]) -> Result<GuestMemoryMmap, Vm
 
 /// Builds the VM the configuration describes.
 pub fn build(config: &VmConfig, exit: Arc<ExitSignal>) -> Result<Vm, VmError> {
-    let mut platform = plan::platform(config, HostArch::current());
+    let mut platform = plan::platform(config, HostArch::current(), &[]);
     let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
     let vm = guest::create_vm(&kvm)?;
     let memory = guest_memory(&vm, &platform.memory)?;
