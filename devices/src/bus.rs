@@ -1,7 +1,7 @@
 //! Address-range dispatch of trapped guest accesses (MMIO or port I/O) to device models.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// A device model that handles accesses to its registers. Offsets are relative to the start of the
 /// range the device was inserted at; `data.len()` is the access width (1, 2, 4 or 8).
@@ -28,10 +28,12 @@ struct Entry {
     device: Arc<Mutex<dyn BusDevice>>,
 }
 
-/// Non-overlapping ranges, each owned by one device.
+/// Non-overlapping ranges, each owned by one device. Ranges can be added and removed while vCPUs
+/// dispatch (a guest moving a BAR); a device is called without the bus lock held, so it may
+/// change the bus itself.
 #[derive(Default)]
 pub struct Bus {
-    ranges: BTreeMap<u64, Entry>,
+    ranges: RwLock<BTreeMap<u64, Entry>>,
 }
 
 impl Bus {
@@ -40,17 +42,18 @@ impl Bus {
     }
 
     pub fn insert(
-        &mut self,
+        &self,
         base: u64,
         size: u64,
         device: Arc<Mutex<dyn BusDevice>>,
     ) -> Result<(), BusError> {
+        let mut ranges = self.ranges.write().expect("bus lock poisoned");
         let end = base.checked_add(size).filter(|_| size > 0);
         let Some(end) = end else {
             return Err(BusError::BadRange { base, size });
         };
         // The closest range starting below `end` is the only one that can overlap.
-        if let Some((&other_base, other)) = self.ranges.range(..end).next_back()
+        if let Some((&other_base, other)) = ranges.range(..end).next_back()
             && other_base + other.size > base
         {
             return Err(BusError::Overlap {
@@ -60,15 +63,25 @@ impl Bus {
                 other_size: other.size,
             });
         }
-        self.ranges.insert(base, Entry { size, device });
+        ranges.insert(base, Entry { size, device });
         Ok(())
     }
 
-    fn find(&self, addr: u64, len: usize) -> Option<(u64, &Arc<Mutex<dyn BusDevice>>)> {
-        let (&base, entry) = self.ranges.range(..=addr).next_back()?;
+    /// Removes the range starting at `base`; returns whether there was one.
+    pub fn remove(&self, base: u64) -> bool {
+        self.ranges
+            .write()
+            .expect("bus lock poisoned")
+            .remove(&base)
+            .is_some()
+    }
+
+    fn find(&self, addr: u64, len: usize) -> Option<(u64, Arc<Mutex<dyn BusDevice>>)> {
+        let ranges = self.ranges.read().expect("bus lock poisoned");
+        let (&base, entry) = ranges.range(..=addr).next_back()?;
         let offset = addr - base;
         // The whole access must fall inside the device's range.
-        (offset.checked_add(len as u64)? <= entry.size).then_some((offset, &entry.device))
+        (offset.checked_add(len as u64)? <= entry.size).then(|| (offset, entry.device.clone()))
     }
 
     /// Dispatches a read; returns false (and fills `data` with all-ones, as an unclaimed bus
@@ -125,7 +138,7 @@ mod tests {
 
     #[test]
     fn dispatches_by_range_and_offset() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         let a = Arc::new(Mutex::new(Probe::default()));
         bus.insert(0x1000, 0x10, a.clone()).unwrap();
         bus.insert(0x1010, 0x10, Arc::new(Mutex::new(Probe::default())))
@@ -139,7 +152,7 @@ mod tests {
 
     #[test]
     fn unclaimed_and_straddling_accesses_miss() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         bus.insert(0x1000, 0x10, Arc::new(Mutex::new(Probe::default())))
             .unwrap();
         let mut data = [0u8; 4];
@@ -152,7 +165,7 @@ mod tests {
 
     #[test]
     fn rejects_overlaps_and_bad_ranges() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         let dev = || Arc::new(Mutex::new(Probe::default()));
         bus.insert(0x1000, 0x10, dev()).unwrap();
         assert!(matches!(
@@ -173,5 +186,8 @@ mod tests {
         assert!(bus.insert(u64::MAX, 2, dev()).is_err());
         bus.insert(0x1010, 0x10, dev()).unwrap();
         bus.insert(0xff0, 0x10, dev()).unwrap();
+        assert!(bus.remove(0x1010));
+        assert!(!bus.remove(0x1010));
+        bus.insert(0x1018, 0x8, dev()).unwrap();
     }
 }

@@ -114,7 +114,7 @@ fn port_io_reaches_the_uart_and_s5_powers_off() {
     let exit = Arc::new(ExitSignal::new().unwrap());
     let sink = Sink::default();
     let serial = SerialDevice::new(EventFd::new(EFD_NONBLOCK).unwrap(), Box::new(sink.clone()));
-    let mut pio = Bus::new();
+    let pio = Bus::new();
     pio.insert(0x3f8, SERIAL_REGISTERS, Arc::new(Mutex::new(serial)))
         .unwrap();
     let power = AcpiPowerBlock::new(5, 1, Box::new(ToExit(exit.clone())));
