@@ -1,9 +1,9 @@
 //! The aarch64 device tree for [`FirmwareInterface::DeviceTree`] boot, following Linux
 //! `Documentation/devicetree/bindings` and the arm64 booting protocol.
 //!
-//! [`device_tree`] checks the platform once, then calls one small function per node. Later nodes
-//! (PCIe host bridges, SMMUv3s) are more such functions; they reference other nodes through the
-//! fixed [`phandle`] numbers, so adding a node never renumbers another.
+//! [`device_tree`] checks the platform once, then calls one small function per node. Nodes
+//! reference each other through the fixed [`phandle`] numbers, so adding a node (the vSMMUv3s of
+//! a later issue) never renumbers another.
 
 use thiserror::Error;
 use vm_fdt::FdtWriter;
@@ -11,7 +11,7 @@ use vm_fdt::FdtWriter;
 use super::image::FDT_MAX_SIZE;
 use super::layout;
 use crate::platform::{
-    ArchTimer, FirmwareInterface, GuestArch, GuestRange, InterruptController, Platform,
+    ArchTimer, FirmwareInterface, GuestArch, GuestRange, InterruptController, PciBridge, Platform,
     PowerControl, RegisterSpace,
 };
 
@@ -53,6 +53,25 @@ const CPU_ADDRESS_CELLS: u32 = 2;
 /// The 16550's register window as the address map reserves it.
 const UART_REG_SIZE: u64 = layout::UART.size;
 
+/// PCI bus binding (bindings/pci/pci-bus-common.yaml): three address cells (phys.hi, mid, lo),
+/// two size cells, one interrupt cell (the pin, 1 = INTA).
+const PCI_ADDRESS_CELLS: u32 = 3;
+const PCI_SIZE_CELLS: u32 = 2;
+const PCI_INTERRUPT_CELLS: u32 = 1;
+/// phys.hi space codes: 32-bit memory, and prefetchable 64-bit memory.
+const PCI_SPACE_MEM32: u32 = 0x0200_0000;
+const PCI_SPACE_MEM64_PREFETCH: u32 = 0x4300_0000;
+/// phys.hi device-number field (bits 15:11).
+const PCI_DEVICE_SHIFT: u32 = 11;
+/// The INTx swizzle repeats every four devices, so `interrupt-map` needs four slots and the mask
+/// keeps the low two device-number bits and the pin.
+const PCI_SWIZZLE_SLOTS: u32 = 4;
+const PCI_INTERRUPT_MAP_MASK: [u32; 4] = [(PCI_SWIZZLE_SLOTS - 1) << PCI_DEVICE_SHIFT, 0, 0, 0x7];
+/// Requester IDs are 16 bits: `msi-map` and `iommu-map` cover all of them.
+const PCI_RID_COUNT: u32 = 0x1_0000;
+/// One MiB of ECAM per bus.
+const ECAM_BUS_SHIFT: u32 = 20;
+
 #[derive(Debug, Error)]
 pub enum FdtError {
     #[error("the aarch64 device tree cannot describe a {0:?} guest")]
@@ -86,6 +105,29 @@ pub enum FdtError {
     SerialNotMmio(u16),
     #[error("serial SPI {spi} is beyond the GIC's {nr_irqs} interrupt IDs")]
     SerialIrqOutOfRange { spi: u32, nr_irqs: u32 },
+    #[error("PCI segment {segment}: bus range {start:#x}..={end:#x} is empty")]
+    PciBusRange { segment: u16, start: u8, end: u8 },
+    #[error("PCI segment {segment}: ECAM window of {size:#x} bytes cannot hold {needed:#x}")]
+    PciEcamTooSmall {
+        segment: u16,
+        size: u64,
+        needed: u64,
+    },
+    #[error("PCI segment {segment}: {what} window {base:#x}+{size:#x} is empty or out of range")]
+    PciWindow {
+        segment: u16,
+        what: &'static str,
+        base: u64,
+        size: u64,
+    },
+    #[error("PCI segment {segment}: INTx SPI {spi} is beyond the GIC's {nr_irqs} interrupt IDs")]
+    PciIntxOutOfRange {
+        segment: u16,
+        spi: u32,
+        nr_irqs: u32,
+    },
+    #[error("PCI segment {0} is described twice")]
+    PciDuplicateSegment(u16),
     #[error("initrd {base:#x}+{size:#x} wraps around the address space")]
     InitrdWraps { base: u64, size: u64 },
     #[error("the device tree is {0} bytes, above the boot protocol's {FDT_MAX_SIZE} bytes")]
@@ -115,12 +157,35 @@ impl Uart {
     }
 }
 
+/// A PCIe host bridge (one segment) as its node describes it, checked.
+struct PcieHost<'a> {
+    bridge: &'a PciBridge,
+}
+
+impl PcieHost<'_> {
+    fn node_name(&self) -> String {
+        format!("pcie@{:x}", self.bridge.ecam.base)
+    }
+}
+
+/// Where a PCIe host bridge's requester IDs go for DMA translation: `iommu-map = <0 &iommu
+/// stream_id_base 0x10000>`. The vSMMUv3 issue fills it from the plan (one SMMU per bridge, at
+/// [`phandle::smmu`]); until then every bridge gets `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PcieIommu {
+    /// The IOMMU node's phandle.
+    pub phandle: u32,
+    /// The StreamID of RID 0; RID `r` has StreamID `stream_id_base + r`.
+    pub stream_id_base: u32,
+}
+
 /// The parts of the platform the device tree needs, checked once so node functions only encode.
 struct Machine<'a> {
     platform: &'a Platform,
     gic: Gic,
     timer: ArchTimer,
     uart: Option<Uart>,
+    pcie: Vec<PcieHost<'a>>,
 }
 
 impl<'a> Machine<'a> {
@@ -201,6 +266,17 @@ impl<'a> Machine<'a> {
                 })
             }
         };
+        let pcie = platform
+            .pci_bridges
+            .iter()
+            .map(|bridge| PcieHost::new(bridge, nr_irqs))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, host) in pcie.iter().enumerate() {
+            let segment = host.bridge.segment;
+            if pcie[..i].iter().any(|h| h.bridge.segment == segment) {
+                return Err(FdtError::PciDuplicateSegment(segment));
+            }
+        }
         Ok(Machine {
             platform,
             gic: Gic {
@@ -211,7 +287,58 @@ impl<'a> Machine<'a> {
             },
             timer,
             uart,
+            pcie,
         })
+    }
+}
+
+impl<'a> PcieHost<'a> {
+    fn new(bridge: &'a PciBridge, nr_irqs: u32) -> Result<Self, FdtError> {
+        let segment = bridge.segment;
+        if bridge.bus_start > bridge.bus_end {
+            return Err(FdtError::PciBusRange {
+                segment,
+                start: bridge.bus_start,
+                end: bridge.bus_end,
+            });
+        }
+        let buses = u64::from(bridge.bus_end - bridge.bus_start) + 1;
+        let needed = buses << ECAM_BUS_SHIFT;
+        if bridge.ecam.size < needed {
+            return Err(FdtError::PciEcamTooSmall {
+                segment,
+                size: bridge.ecam.size,
+                needed,
+            });
+        }
+        // The 32-bit window's PCI addresses (identity-mapped) must fit phys.mid/lo's low word.
+        for (what, window, limit) in [
+            ("32-bit", bridge.mmio32, 1 << 32),
+            ("64-bit", bridge.mmio64, u64::MAX),
+        ] {
+            let fits = window
+                .base
+                .checked_add(window.size)
+                .is_some_and(|end| end <= limit);
+            if window.size == 0 || !fits {
+                return Err(FdtError::PciWindow {
+                    segment,
+                    what,
+                    base: window.base,
+                    size: window.size,
+                });
+            }
+        }
+        for &spi in &bridge.intx {
+            if u64::from(spi) + u64::from(SPI_BASE) >= u64::from(nr_irqs) {
+                return Err(FdtError::PciIntxOutOfRange {
+                    segment,
+                    spi,
+                    nr_irqs,
+                });
+            }
+        }
+        Ok(PcieHost { bridge })
     }
 }
 
@@ -229,6 +356,9 @@ pub fn device_tree(platform: &Platform) -> Result<Vec<u8>, FdtError> {
     timer_node(&mut fdt, &machine.timer)?;
     if let Some(uart) = &machine.uart {
         serial_node(&mut fdt, uart)?;
+    }
+    for host in &machine.pcie {
+        pcie_node(&mut fdt, host, None)?;
     }
     aliases_node(&mut fdt, &machine)?;
     chosen_node(&mut fdt, &machine)?;
@@ -361,6 +491,77 @@ fn serial_node(fdt: &mut FdtWriter, uart: &Uart) -> Result<(), FdtError> {
     Ok(())
 }
 
+/// bindings/pci/host-generic-pci.yaml: one ECAM host bridge per segment, devices on its root bus.
+/// Memory windows are identity-mapped (PCI address = CPU address) and there is no I/O window.
+/// INTx is level-triggered, active high, as a GIC SPI must be: the VMM asserts the line through a
+/// resampling irqfd until the guest's EOI. `iommu` adds the bridge's `iommu-map`.
+fn pcie_node(
+    fdt: &mut FdtWriter,
+    host: &PcieHost,
+    iommu: Option<&PcieIommu>,
+) -> Result<(), FdtError> {
+    let bridge = host.bridge;
+    let node = fdt.begin_node(&host.node_name())?;
+    fdt.property_string("compatible", "pci-host-ecam-generic")?;
+    fdt.property_string("device_type", "pci")?;
+    reg_property(fdt, &[bridge.ecam])?;
+    fdt.property_array_u32(
+        "bus-range",
+        &[u32::from(bridge.bus_start), u32::from(bridge.bus_end)],
+    )?;
+    fdt.property_u32("linux,pci-domain", u32::from(bridge.segment))?;
+    fdt.property_u32("#address-cells", PCI_ADDRESS_CELLS)?;
+    fdt.property_u32("#size-cells", PCI_SIZE_CELLS)?;
+    let ranges: Vec<u32> = [
+        (PCI_SPACE_MEM32, bridge.mmio32),
+        (PCI_SPACE_MEM64_PREFETCH, bridge.mmio64),
+    ]
+    .into_iter()
+    .flat_map(|(space, w)| {
+        let (hi, lo) = ((w.base >> 32) as u32, w.base as u32);
+        let (size_hi, size_lo) = ((w.size >> 32) as u32, w.size as u32);
+        [space, hi, lo, hi, lo, size_hi, size_lo]
+    })
+    .collect();
+    fdt.property_array_u32("ranges", &ranges)?;
+    // bindings/pci/pci-msi.txt: RID r -> ITS device ID msi_base + r.
+    fdt.property_array_u32(
+        "msi-map",
+        &[0, phandle::ITS, bridge.msi_base, PCI_RID_COUNT],
+    )?;
+    if let Some(iommu) = iommu {
+        // bindings/pci/pci-iommu.txt: RID r -> StreamID stream_id_base + r.
+        fdt.property_array_u32(
+            "iommu-map",
+            &[0, iommu.phandle, iommu.stream_id_base, PCI_RID_COUNT],
+        )?;
+    }
+    fdt.property_null("dma-coherent")?;
+    fdt.property_u32("#interrupt-cells", PCI_INTERRUPT_CELLS)?;
+    fdt.property_array_u32("interrupt-map-mask", &PCI_INTERRUPT_MAP_MASK)?;
+    fdt.property_array_u32("interrupt-map", &interrupt_map(&bridge.intx))?;
+    fdt.end_node(node)?;
+    Ok(())
+}
+
+/// `interrupt-map` entries for slots 0..4 and pins INTA..INTD (1..=4): child unit address (3
+/// cells) and pin, then the GIC's phandle, its unit address (zero in each of its
+/// `#address-cells`) and a three-cell SPI specifier. Slot `d` pin `p` (0-based) takes
+/// `intx[(d + p) % 4]`, the PCI-to-PCI bridge swizzle (PCI Express Base spec §2.2.8.1).
+fn interrupt_map(intx: &[u32; 4]) -> Vec<u32> {
+    let mut cells = Vec::new();
+    for device in 0..PCI_SWIZZLE_SLOTS {
+        for pin in 0..4 {
+            let spi = intx[((device + pin) % 4) as usize];
+            cells.extend_from_slice(&[device << PCI_DEVICE_SHIFT, 0, 0, pin + 1]);
+            cells.push(phandle::GIC);
+            cells.extend(std::iter::repeat_n(0, ADDRESS_CELLS as usize));
+            cells.extend_from_slice(&[GIC_SPI, spi, IRQ_TYPE_LEVEL_HIGH]);
+        }
+    }
+    cells
+}
+
 /// `serial0` pins the UART to ttyS0 whatever order drivers probe in.
 fn aliases_node(fdt: &mut FdtWriter, machine: &Machine) -> Result<(), FdtError> {
     let Some(uart) = &machine.uart else {
@@ -394,6 +595,7 @@ mod tests {
     use std::process::{Command, Stdio};
 
     use super::*;
+    use crate::acpi::testutil::{aarch64_pci_bridges, fnv1a};
     use crate::platform::SerialPort;
 
     /// A device tree decoded by dtc: node path -> properties in order, each as dtc prints its
@@ -806,6 +1008,282 @@ mod tests {
         assert!(fixed.iter().all(|&p| p != 0 && p < phandle::SMMU_BASE));
         assert_eq!(phandle::smmu(0), phandle::SMMU_BASE);
         assert_eq!(phandle::smmu(u16::MAX), phandle::SMMU_BASE + 0xffff);
+    }
+
+    /// The platform with `n` PCIe host bridges from the shared fixtures.
+    fn pci_platform(vcpus: u32, n: u16) -> Platform {
+        let mut p = platform(vcpus);
+        p.pci_bridges = aarch64_pci_bridges(n);
+        p
+    }
+
+    /// dtc's cells as numbers.
+    fn parse_cells(value: &str) -> Vec<u32> {
+        let inner = value
+            .strip_prefix('<')
+            .and_then(|v| v.strip_suffix('>'))
+            .unwrap_or_else(|| panic!("{value} is not one cell list"));
+        inner
+            .split_whitespace()
+            .map(|c| u32::from_str_radix(c.trim_start_matches("0x"), 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn no_bridges_tree_is_byte_identical_to_before() {
+        // Digests of the trees this encoder produced before PCI support; a PCI-less guest must
+        // see exactly the same blob. Update only for an intended change to PCI-less trees.
+        for (vcpus, len, digest) in [
+            (1, 1538, 0xc3ff_0245_0799_30c8u64),
+            (4, 1826, 0x0e87_a43f_3f6b_9c4f),
+        ] {
+            let blob = device_tree(&platform(vcpus)).unwrap();
+            assert_eq!((blob.len(), fnv1a(&blob)), (len, digest), "{vcpus} vCPUs");
+        }
+        // And bridges change nothing outside their own nodes.
+        let plain = decode(&platform(2));
+        let with_pci = decode(&pci_platform(2, 3));
+        for (path, props) in &plain.nodes {
+            assert_eq!(with_pci.props(path), props.as_slice(), "{path}");
+        }
+        let extra: Vec<&String> = with_pci
+            .nodes
+            .keys()
+            .filter(|p| !plain.nodes.contains_key(*p))
+            .collect();
+        assert_eq!(
+            extra,
+            ["/pcie@4000000000", "/pcie@4010000000", "/pcie@4020000000"]
+        );
+    }
+
+    #[test]
+    fn pcie_nodes_one_and_three_bridges() {
+        for n in [1, 3] {
+            let p = pci_platform(2, n);
+            let dts = decode(&p);
+            let pcie: Vec<&str> = dts
+                .children("/")
+                .into_iter()
+                .filter(|c| c.starts_with("pcie@"))
+                .collect();
+            assert_eq!(pcie.len(), usize::from(n));
+            for bridge in &p.pci_bridges {
+                let path = format!("/pcie@{:x}", bridge.ecam.base);
+                check_pcie_node(&dts, &path, bridge);
+            }
+        }
+    }
+
+    /// Every property of one host bridge node, computed here from the bridge independently of
+    /// the encoder.
+    fn check_pcie_node(dts: &Dts, path: &str, bridge: &PciBridge) {
+        assert_eq!(
+            dts.prop_names(path),
+            [
+                "compatible",
+                "device_type",
+                "reg",
+                "bus-range",
+                "linux,pci-domain",
+                "#address-cells",
+                "#size-cells",
+                "ranges",
+                "msi-map",
+                "dma-coherent",
+                "#interrupt-cells",
+                "interrupt-map-mask",
+                "interrupt-map"
+            ],
+            "{path}"
+        );
+        assert_eq!(dts.get(path, "compatible"), quoted("pci-host-ecam-generic"));
+        assert_eq!(dts.get(path, "device_type"), quoted("pci"));
+        let buses = u64::from(bridge.bus_end) - u64::from(bridge.bus_start) + 1;
+        assert_eq!(
+            dts.get(path, "reg"),
+            cells64(&[bridge.ecam.base, buses << 20])
+        );
+        assert_eq!(
+            dts.get(path, "bus-range"),
+            cells(&[bridge.bus_start.into(), bridge.bus_end.into()])
+        );
+        assert_eq!(
+            dts.get(path, "linux,pci-domain"),
+            cells(&[bridge.segment.into()])
+        );
+        assert_eq!(dts.get(path, "#address-cells"), cells(&[3]));
+        assert_eq!(dts.get(path, "#size-cells"), cells(&[2]));
+
+        // <phys.hi phys.mid phys.lo  cpu.hi cpu.lo  size.hi size.lo> per window.
+        let ranges = parse_cells(dts.get(path, "ranges"));
+        assert_eq!(ranges.len(), 14, "{path}: two windows, no I/O");
+        let window = |cells: &[u32]| {
+            let pci = u64::from(cells[1]) << 32 | u64::from(cells[2]);
+            let cpu = u64::from(cells[3]) << 32 | u64::from(cells[4]);
+            let size = u64::from(cells[5]) << 32 | u64::from(cells[6]);
+            (cells[0], pci, cpu, size)
+        };
+        let m32 = bridge.mmio32;
+        let m64 = bridge.mmio64;
+        assert_eq!(
+            window(&ranges[..7]),
+            (0x0200_0000, m32.base, m32.base, m32.size)
+        );
+        assert_eq!(
+            window(&ranges[7..]),
+            (0x4300_0000, m64.base, m64.base, m64.size)
+        );
+
+        assert_eq!(
+            dts.get(path, "msi-map"),
+            cells(&[0, phandle::ITS, bridge.msi_base, 0x1_0000])
+        );
+        assert_eq!(dts.prop(path, "iommu-map"), None);
+        assert_eq!(dts.get(path, "dma-coherent"), "");
+        assert_eq!(dts.get(path, "#interrupt-cells"), cells(&[1]));
+        assert_eq!(
+            dts.get(path, "interrupt-map-mask"),
+            cells(&[0x1800, 0, 0, 7])
+        );
+
+        // 3 address + 1 pin cells, GIC phandle, 2 GIC address cells, 3 specifier cells.
+        let map = parse_cells(dts.get(path, "interrupt-map"));
+        assert_eq!(map.len(), 16 * 10, "{path}");
+        let mut seen = Vec::new();
+        for entry in map.chunks(10) {
+            let device = entry[0] >> 11;
+            let pin = entry[3];
+            assert_eq!(entry[0] & !0xf800, 0, "bus and function are masked off");
+            assert_eq!(entry[1..3], [0, 0]);
+            assert!((1..=4).contains(&pin), "{entry:?}");
+            assert_eq!(entry[4], phandle::GIC);
+            assert_eq!(entry[5..7], [0, 0], "GIC unit address");
+            let swizzled = bridge.intx[((device + pin - 1) % 4) as usize];
+            assert_eq!(
+                entry[7..],
+                [0, swizzled, 4],
+                "{path}: device {device} INT{} is SPI {swizzled}, level high",
+                char::from(b'A' + pin as u8 - 1)
+            );
+            seen.push((device, pin));
+        }
+        seen.sort();
+        let all: Vec<(u32, u32)> = (0..4).flat_map(|d| (1..=4).map(move |p| (d, p))).collect();
+        assert_eq!(seen, all, "every slot mod 4 and pin, once");
+    }
+
+    #[test]
+    fn msi_map_targets_the_its_of_each_bridge() {
+        let p = pci_platform(1, 3);
+        let dts = decode(&p);
+        let its = "/intc@8000000/its@8080000";
+        for bridge in &p.pci_bridges {
+            let path = format!("/pcie@{:x}", bridge.ecam.base);
+            let map = parse_cells(dts.get(&path, "msi-map"));
+            assert_eq!(dts.get(its, "phandle"), cells(&[map[1]]));
+            assert_eq!(map[2], bridge.msi_base);
+        }
+        // Distinct segments, distinct device ID ranges.
+        let bases: Vec<u32> = p.pci_bridges.iter().map(|b| b.msi_base).collect();
+        assert_eq!(bases, [0, 0x1_0000, 0x2_0000]);
+    }
+
+    #[test]
+    fn swizzle_by_hand() {
+        // Slot 1 INTA lands on the bridge's INTB line; slot 3 INTD on INTC.
+        let map = interrupt_map(&[40, 41, 42, 43]);
+        let spi = |device: u32, pin: u32| {
+            map.chunks(10)
+                .find(|e| e[0] == device << 11 && e[3] == pin)
+                .map(|e| e[8])
+                .unwrap()
+        };
+        assert_eq!(spi(0, 1), 40);
+        assert_eq!(spi(1, 1), 41);
+        assert_eq!(spi(3, 4), 42);
+        assert_eq!(spi(2, 3), 40);
+    }
+
+    #[test]
+    fn iommu_map_hook() {
+        // The vSMMUv3 issue passes the bridge's SMMU; the node then carries an iommu-map.
+        let p = pci_platform(1, 1);
+        let machine = Machine::new(&p).unwrap();
+        let mut fdt = FdtWriter::new().unwrap();
+        let root = fdt.begin_node("").unwrap();
+        root_properties(&mut fdt).unwrap();
+        gic_node(&mut fdt, &machine.gic).unwrap();
+        let smmu = fdt.begin_node("iommu@a000000").unwrap();
+        fdt.property_string("compatible", "arm,smmu-v3").unwrap();
+        reg_property(&mut fdt, &[GuestRange::new(0x0a00_0000, 0x2_0000)]).unwrap();
+        fdt.property_u32("#iommu-cells", 1).unwrap();
+        fdt.property_phandle(phandle::smmu(0)).unwrap();
+        fdt.end_node(smmu).unwrap();
+        let iommu = PcieIommu {
+            phandle: phandle::smmu(0),
+            stream_id_base: 0x100,
+        };
+        pcie_node(&mut fdt, &machine.pcie[0], Some(&iommu)).unwrap();
+        fdt.end_node(root).unwrap();
+        let dts = Dts::decode(&fdt.finish().unwrap());
+        let path = "/pcie@4000000000";
+        assert_eq!(
+            dts.get(path, "iommu-map"),
+            cells(&[0, phandle::smmu(0), 0x100, 0x1_0000])
+        );
+        // Right after msi-map, everything else unchanged.
+        let names = dts.prop_names(path);
+        let at = names.iter().position(|n| *n == "iommu-map").unwrap();
+        assert_eq!(names[at - 1], "msi-map");
+        assert_eq!(names[at + 1], "dma-coherent");
+    }
+
+    #[test]
+    fn rejects_bridges_it_cannot_describe() {
+        let check = |edit: fn(&mut PciBridge), want: fn(&FdtError) -> bool| {
+            let mut p = pci_platform(1, 2);
+            edit(&mut p.pci_bridges[1]);
+            let err = device_tree(&p).expect_err("must fail");
+            assert!(want(&err), "unexpected {err:?}");
+            assert!(err.to_string().starts_with("PCI segment "), "{err}");
+        };
+        check(
+            |b| (b.bus_start, b.bus_end) = (0x20, 0x1f),
+            |e| matches!(e, FdtError::PciBusRange { start: 0x20, .. }),
+        );
+        check(
+            |b| b.ecam.size -= 1,
+            |e| {
+                matches!(
+                    e,
+                    FdtError::PciEcamTooSmall {
+                        needed: 0x100_0000,
+                        ..
+                    }
+                )
+            },
+        );
+        check(
+            |b| b.mmio32.base = 0xffff_0000,
+            |e| matches!(e, FdtError::PciWindow { what: "32-bit", .. }),
+        );
+        check(
+            |b| b.mmio64.size = 0,
+            |e| matches!(e, FdtError::PciWindow { what: "64-bit", .. }),
+        );
+        check(
+            |b| b.intx[3] = layout::GIC_NR_IRQS - 32,
+            |e| matches!(e, FdtError::PciIntxOutOfRange { spi: 224, .. }),
+        );
+        check(
+            |b| b.segment = 0,
+            |e| matches!(e, FdtError::PciDuplicateSegment(0)),
+        );
+        // The last SPI the GIC has is fine.
+        let mut p = pci_platform(1, 1);
+        p.pci_bridges[0].intx[0] = layout::GIC_NR_IRQS - 33;
+        device_tree(&p).unwrap();
     }
 
     #[test]

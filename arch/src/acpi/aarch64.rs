@@ -1,11 +1,13 @@
 //! The aarch64 tables: a hardware-reduced FADT with PSCI through HVC, the DSDT, a GICv3 MADT,
-//! the GTDT, the SPCR and the MCFG.
+//! the GTDT, the SPCR, the MCFG and, with PCI, the IORT.
 
 use acpi_tables::aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::{Aml, AmlSink};
 
 use super::encode::{self, RawAml};
+use super::iort::{IdMapping, Iort, Node};
+use super::pci::{self, PciHost};
 use super::{AcpiError, ArchTables, Encoded, OEM_ID, OEM_REVISION, OEM_TABLE_ID};
 use crate::aarch64::layout;
 use crate::platform::{
@@ -38,6 +40,10 @@ const GIC_ITS_LEN: u8 = 20;
 /// GICC flags: the CPU is enabled; the maintenance interrupt is level-triggered (bit 2 clear).
 const GICC_ENABLED: u32 = 1 << 0;
 const GIC_VERSION_3: u8 = 3;
+/// The MADT's GIC ITS ID of the one ITS, which the IORT's ITS group names.
+pub const GIC_ITS_ID: u32 = 0;
+/// PCI requester IDs: every root complex maps all 2^16 of them.
+const PCI_RID_COUNT: u32 = 0x1_0000;
 
 /// GTDT revision 2 (ACPI 6.0-6.2 layout, 96 bytes, no platform timers).
 pub const GTDT_REVISION: u8 = 2;
@@ -78,15 +84,16 @@ struct Uart {
 }
 
 /// The parts of the platform the tables need, checked once so that table functions only encode.
-struct Machine {
+struct Machine<'a> {
     vcpus: u32,
     gic: Gic,
     timer: ArchTimer,
     uart: Option<Uart>,
+    pci: Vec<PciHost<'a>>,
 }
 
-impl Machine {
-    fn new(platform: &Platform) -> Result<Self, AcpiError> {
+impl<'a> Machine<'a> {
+    fn new(platform: &'a Platform) -> Result<Self, AcpiError> {
         let arch = GuestArch::Aarch64;
         if platform.power != PowerControl::PsciHvc {
             return Err(AcpiError::PowerControl {
@@ -181,6 +188,17 @@ impl Machine {
             }
         };
 
+        // INTx lines are SPIs; a GSIV is the interrupt ID.
+        let pci = pci::check_bridges(&platform.pci_bridges, |_, spi| {
+            spi.checked_add(SPI_BASE).filter(|&id| id < nr_irqs).ok_or(
+                AcpiError::InterruptOutOfRange {
+                    what: "PCI INTx SPI",
+                    irq: spi,
+                    limit: nr_irqs.saturating_sub(SPI_BASE),
+                },
+            )
+        })?;
+
         Ok(Machine {
             vcpus: platform.vcpus,
             gic: Gic {
@@ -191,6 +209,7 @@ impl Machine {
             },
             timer,
             uart,
+            pci,
         })
     }
 }
@@ -201,7 +220,10 @@ pub(super) fn tables(platform: &Platform) -> Result<ArchTables, AcpiError> {
     if let Some(uart) = &machine.uart {
         listed.push(spcr(uart));
     }
-    listed.push(super::mcfg(&super::ecam_windows(platform)));
+    listed.push(super::mcfg(&super::ecam_windows(&machine.pci)));
+    if !machine.pci.is_empty() {
+        listed.push(iort(&machine.pci));
+    }
     Ok(ArchTables {
         dsdt: dsdt(&machine),
         fadt: Box::new(fadt),
@@ -225,6 +247,9 @@ fn dsdt(machine: &Machine) -> Encoded {
     let mut devices = Vec::new();
     if let Some(uart) = &machine.uart {
         devices.push(uart_device(uart));
+    }
+    for host in &machine.pci {
+        devices.push(pci::root_bridge_device(host, true));
     }
     let aml = encode::system_bus(&devices);
     encode::table(*b"DSDT", DSDT_REVISION, &aml.0)
@@ -276,11 +301,34 @@ fn madt(machine: &Machine) -> Encoded {
     body.byte(MADT_GIC_ITS);
     body.byte(GIC_ITS_LEN);
     body.word(0);
-    body.dword(0); // GIC ITS ID, which the IORT's ITS group will name.
+    body.dword(GIC_ITS_ID);
     body.qword(gic.its.base);
     body.dword(0);
 
     encode::table(*b"APIC", MADT_REVISION, &body)
+}
+
+/// The ITS group (the MADT's one ITS) and a root complex per host bridge, each mapping all RIDs
+/// to ITS device IDs `msi_base + RID`, as the device tree's `msi-map` does. The vSMMUv3 issue
+/// adds an SMMUv3 node per bridge between the two (RC -> SMMU StreamIDs, SMMU -> ITS).
+fn iort(hosts: &[PciHost]) -> Encoded {
+    let mut iort = Iort::new();
+    let its = iort.add(Node::ItsGroup {
+        its_ids: vec![GIC_ITS_ID],
+    });
+    for host in hosts {
+        iort.add(Node::RootComplex {
+            segment: host.bridge.segment,
+            ats: 0,
+            mappings: vec![IdMapping {
+                input_base: 0,
+                count: PCI_RID_COUNT,
+                output_base: host.bridge.msi_base,
+                output: its,
+            }],
+        });
+    }
+    iort.encode()
 }
 
 /// One GICC structure (ACPI 6.3 layout). With GICv3 the CPU interface is system registers, so

@@ -3,8 +3,10 @@
 //! [`build`] lays every table out in one guest range: the RSDP first (16-byte aligned, where an x86
 //! guest also scans for it), then the XSDT, the DSDT, the FADT and the tables the XSDT lists, each
 //! 8-byte aligned. Each table is one function over the [`Platform`] (in the `aarch64` and `x86_64`
-//! submodules), so the tables of later issues (IORT, PNP0A08 root bridges in the DSDT, MCFG
-//! windows) slot in beside them.
+//! submodules). PCI host bridges add a `PNP0A08` device each to the DSDT and an entry each to the
+//! MCFG (the `pci` submodule, shared), an IORT on aarch64 (`iort`), and on x86 a `PNP0C02`
+//! reservation of the ECAM windows. Without bridges the tables are those of a PCI-less machine
+//! byte for byte (an empty MCFG included).
 //!
 //! Table layouts follow the ACPI 6.5 specification (§5.2), except that the aarch64 MADT GICC uses
 //! its ACPI 6.3 length (80 bytes, MADT revision 5) and the GTDT its revision 2 layout: Linux takes
@@ -12,6 +14,8 @@
 
 mod aarch64;
 mod encode;
+mod iort;
+mod pci;
 mod x86_64;
 
 #[cfg(test)]
@@ -81,6 +85,8 @@ impl AcpiTables {
 /// One PCI segment's ECAM window, as the MCFG lists it (PCI Firmware Specification 3.3 §4.1.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EcamWindow {
+    /// Where bus 0's configuration space would be: bus `n` is at `base + (n << 20)`, whatever
+    /// `start_bus` is (Linux `pci_mcfg_lookup` and x86 `pci_mmconfig_alloc` both read it so).
     pub base: u64,
     pub segment: u16,
     pub start_bus: u8,
@@ -141,6 +147,37 @@ pub enum AcpiError {
     AddressAbove4G { what: &'static str, address: u64 },
     #[error("{what} size {size:#x} does not fit the table's 32-bit field")]
     SizeTooLarge { what: &'static str, size: u64 },
+    #[error("PCI segment {0:#x} is above 0xff, the highest the DSDT's PCxx names can hold")]
+    PciSegmentTooHigh(u16),
+    #[error("PCI segment {0} is described twice")]
+    PciDuplicateSegment(u16),
+    #[error("PCI segment {segment}: bus range {start:#x}..={end:#x} is empty")]
+    PciBusRange { segment: u16, start: u8, end: u8 },
+    #[error("PCI segment {segment}: ECAM window of {size:#x} bytes cannot hold {needed:#x}")]
+    PciEcamTooSmall {
+        segment: u16,
+        size: u64,
+        needed: u64,
+    },
+    #[error(
+        "PCI segment {segment}: ECAM at {base:#x} for start bus {start_bus:#x} puts bus 0 below address 0"
+    )]
+    PciEcamBase {
+        segment: u16,
+        base: u64,
+        start_bus: u8,
+    },
+    #[error("PCI segment {segment}: {what} window {base:#x}+{size:#x} is empty or out of range")]
+    PciWindow {
+        segment: u16,
+        what: &'static str,
+        base: u64,
+        size: u64,
+    },
+    #[error(
+        "PCI segment {segment}: INTx on I/O APIC pin {pin}, an ISA IRQ the MADT describes as edge/high"
+    )]
+    PciIntxIsaPin { segment: u16, pin: u32 },
 }
 
 /// One encoded table before it has an address.
@@ -228,7 +265,7 @@ pub fn build(platform: &Platform, region: GuestRange) -> Result<AcpiTables, Acpi
     })
 }
 
-/// The MCFG over `windows`, which is empty until the plan places PCI root bridges.
+/// The MCFG over `windows`: one allocation per PCI segment, none without PCI.
 pub(crate) fn mcfg(windows: &[EcamWindow]) -> Encoded {
     let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     for w in windows {
@@ -240,10 +277,17 @@ pub(crate) fn mcfg(windows: &[EcamWindow]) -> Encoded {
     }
 }
 
-/// The ECAM windows the MCFG lists. The platform plan carries no PCI root bridges yet, so this
-/// is empty; the MCFG is still emitted so that adding bridges changes only this function.
-pub(crate) fn ecam_windows(_platform: &Platform) -> Vec<EcamWindow> {
-    Vec::new()
+/// The ECAM windows the MCFG lists, one per checked host bridge.
+pub(crate) fn ecam_windows(hosts: &[pci::PciHost]) -> Vec<EcamWindow> {
+    hosts
+        .iter()
+        .map(|host| EcamWindow {
+            base: host.mcfg_base,
+            segment: host.bridge.segment,
+            start_bus: host.bridge.bus_start,
+            end_bus: host.bridge.bus_end,
+        })
+        .collect()
 }
 
 /// Hands out aligned addresses one after another. It never fails for lack of room (the caller

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use super::testutil::*;
 use super::*;
 use crate::aarch64::layout as arm;
-use crate::platform::{InterruptController, PowerControl, RegisterSpace};
+use crate::platform::{InterruptController, PciBridge, PowerControl, RegisterSpace};
 use crate::x86_64::layout as x86;
 
 /// A firmware-region-sized ACPI area, as `efi::acpi_boot` hands `build`.
@@ -17,6 +17,26 @@ fn arm_tables(vcpus: u32) -> AcpiTables {
 
 fn x86_tables(vcpus: u32) -> AcpiTables {
     build(&x86_platform(vcpus), x86::ACPI_TABLES).unwrap()
+}
+
+fn arm_pci_platform(vcpus: u32, bridges: u16) -> Platform {
+    let mut p = aarch64_platform(vcpus);
+    p.pci_bridges = aarch64_pci_bridges(bridges);
+    p
+}
+
+fn x86_pci_platform(vcpus: u32, bridges: u16) -> Platform {
+    let mut p = x86_platform(vcpus);
+    p.pci_bridges = x86_pci_bridges(bridges);
+    p
+}
+
+fn arm_pci_tables(vcpus: u32, bridges: u16) -> AcpiTables {
+    build(&arm_pci_platform(vcpus, bridges), arm_region()).unwrap()
+}
+
+fn x86_pci_tables(vcpus: u32, bridges: u16) -> AcpiTables {
+    build(&x86_pci_platform(vcpus, bridges), x86::ACPI_TABLES).unwrap()
 }
 
 fn table<'a>(tables: &'a AcpiTables, signature: &str) -> &'a AcpiTable {
@@ -50,7 +70,13 @@ fn tables_present_per_arch() {
 
 #[test]
 fn checksums_and_lengths() {
-    for tables in [arm_tables(20), x86_tables(8)] {
+    for tables in [
+        arm_tables(20),
+        x86_tables(8),
+        arm_pci_tables(4, 1),
+        arm_pci_tables(4, 3),
+        x86_pci_tables(4, 3),
+    ] {
         for t in &tables.tables {
             if t.signature == "RSDP" {
                 assert_eq!(&t.bytes[..8], b"RSD PTR ");
@@ -79,7 +105,12 @@ fn checksums_and_lengths() {
 /// RSDP -> XSDT -> every other table, and FADT -> DSDT, by the addresses in the bytes.
 #[test]
 fn pointer_chain_reaches_every_table() {
-    for tables in [arm_tables(4), x86_tables(4)] {
+    for tables in [
+        arm_tables(4),
+        x86_tables(4),
+        arm_pci_tables(4, 3),
+        x86_pci_tables(4, 3),
+    ] {
         let by_address: BTreeMap<u64, &AcpiTable> =
             tables.tables.iter().map(|t| (t.address, t)).collect();
         assert_eq!(
@@ -120,6 +151,8 @@ fn tables_are_aligned_disjoint_and_inside_the_region() {
     for (tables, region) in [
         (arm_tables(123), arm_region()),
         (x86_tables(254), x86::ACPI_TABLES),
+        (arm_pci_tables(8, 3), arm_region()),
+        (x86_pci_tables(8, 3), x86::ACPI_TABLES),
     ] {
         assert_eq!(tables.rsdp, region.base);
         assert_eq!(tables.rsdp % RSDP_ALIGN, 0);
@@ -151,7 +184,14 @@ fn tables_are_aligned_disjoint_and_inside_the_region() {
 
 #[test]
 fn iasl_decodes_every_table() {
-    for tables in [arm_tables(20), x86_tables(4)] {
+    for tables in [
+        arm_tables(20),
+        x86_tables(4),
+        arm_pci_tables(2, 1),
+        arm_pci_tables(2, 3),
+        x86_pci_tables(2, 1),
+        x86_pci_tables(2, 3),
+    ] {
         for t in tables.tables.iter().filter(|t| t.signature != "RSDP") {
             // iasl 20200925 does not take a bare RSDP; its bytes are checked above.
             let dsl = iasl_decode(t);
@@ -629,4 +669,526 @@ fn largest_guests_fit_their_regions() {
     assert!(arm.extent().size < 0x4000);
     let x = build(&x86_platform(x86::MAX_VCPUS), x86::ACPI_TABLES).unwrap();
     assert!(x.extent().end() <= x86::ACPI_TABLES.end());
+
+    // And with the most PCI host bridges the address maps allow.
+    let mut p = aarch64_platform(arm::MAX_VCPUS);
+    p.pci_bridges = aarch64_pci_bridges(arm::MAX_PCI_BRIDGES as u16);
+    let arm = build(&p, arm_region()).unwrap();
+    assert!(arm.extent().end() <= arm_region().end());
+    let mut p = x86_platform(x86::MAX_VCPUS);
+    p.pci_bridges = x86_pci_bridges(x86::MAX_PCI_BRIDGES as u16);
+    let x = build(&p, x86::ACPI_TABLES).unwrap();
+    assert!(
+        x.extent().end() <= x86::ACPI_TABLES.end(),
+        "{:?}",
+        x.extent()
+    );
+}
+
+// PCI host bridges.
+
+/// Every table's address and bytes, one digest.
+fn digest(tables: &AcpiTables) -> (usize, u64) {
+    let mut all = Vec::new();
+    for t in &tables.tables {
+        all.extend_from_slice(&t.address.to_le_bytes());
+        all.extend_from_slice(&t.bytes);
+    }
+    (all.len(), fnv1a(&all))
+}
+
+#[test]
+fn no_bridges_tables_are_byte_identical_to_before() {
+    // Digests of what `build` produced for these platforms before PCI support; a PCI-less guest
+    // must get exactly those bytes. Update only for an intended change to PCI-less tables.
+    assert_eq!(digest(&arm_tables(4)), (1286, 0x369c_cac6_d652_f649));
+    assert_eq!(digest(&x86_tables(4)), (736, 0x24c6_9d9d_569a_ac50));
+    assert_eq!(digest(&arm_tables(123)), (10806, 0xe4ce_34f1_c921_c91d));
+    assert_eq!(digest(&x86_tables(254)), (2736, 0xc2a7_8f37_53aa_f3aa));
+    // An empty bridge list is what the fixtures have; say so, so the above means something.
+    assert!(aarch64_platform(4).pci_bridges.is_empty() && x86_platform(4).pci_bridges.is_empty());
+    assert_eq!(arm_pci_tables(4, 0), arm_tables(4));
+    assert_eq!(x86_pci_tables(4, 0), x86_tables(4));
+}
+
+#[test]
+fn bridges_add_tables_and_leave_the_others_alone() {
+    for n in [1, 3] {
+        let tables = arm_pci_tables(4, n);
+        assert_eq!(
+            signatures(&tables),
+            [
+                "RSDP", "XSDT", "DSDT", "FACP", "APIC", "GTDT", "SPCR", "MCFG", "IORT"
+            ]
+        );
+        let plain = arm_tables(4);
+        for sig in ["APIC", "GTDT", "SPCR"] {
+            assert_eq!(table(&tables, sig).bytes, table(&plain, sig).bytes, "{sig}");
+        }
+
+        let tables = x86_pci_tables(4, n);
+        // No IORT on x86 (DMAR/IVRS are other issues' business).
+        assert_eq!(
+            signatures(&tables),
+            ["RSDP", "XSDT", "DSDT", "FACP", "APIC", "MCFG"]
+        );
+        let plain = x86_tables(4);
+        assert_eq!(table(&tables, "APIC").bytes, table(&plain, "APIC").bytes);
+    }
+}
+
+/// An AML integer as iasl prints it: `Zero`, `One`, `0x1F`.
+fn aml_int(token: &str) -> u64 {
+    match token {
+        "Zero" => 0,
+        "One" => 1,
+        _ => hex(token.trim_start_matches("0x")),
+    }
+}
+
+/// The squashed ASL of `Device (name)` up to the next device or the end of its scope.
+fn device_block<'a>(dsl: &'a str, name: &str) -> &'a str {
+    let start = dsl
+        .find(&format!("Device ({name})"))
+        .unwrap_or_else(|| panic!("no Device ({name}) in\n{dsl}"));
+    let rest = &dsl[start + 1..];
+    let end = rest.find("Device (").unwrap_or(rest.len());
+    &dsl[start..start + 1 + end]
+}
+
+/// The `_PRT` entries of a squashed device block: (address, pin, source, GSI).
+fn prt_entries(block: &str) -> Vec<(u64, u64, u64, u64)> {
+    let head = "Name (_PRT, Package (0x80) // _PRT: PCI Routing Table {";
+    let start = block
+        .find(head)
+        .unwrap_or_else(|| panic!("no _PRT in {block}"))
+        + head.len();
+    let mut entries = Vec::new();
+    let mut rest = &block[start..];
+    while let Some(open) = rest.find('{') {
+        // The package ends at the first "})" before the next entry.
+        if rest[..open].contains("})") {
+            break;
+        }
+        let close = open + rest[open..].find('}').unwrap();
+        let values: Vec<u64> = rest[open + 1..close]
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(aml_int)
+            .collect();
+        assert_eq!(values.len(), 4, "{}", &rest[open..=close]);
+        entries.push((values[0], values[1], values[2], values[3]));
+        rest = &rest[close + 1..];
+    }
+    entries
+}
+
+/// Everything one `PNP0A08` device must say about `bridge`, with `gsis` its INTA..INTD.
+fn check_root_bridge(dsl: &str, bridge: &PciBridge, gsis: [u32; 4], cca: bool) {
+    let name = format!("PC{:02X}", bridge.segment);
+    let block = device_block(dsl, &name);
+    let int = |v: u64| match v {
+        0 => "Zero".to_owned(),
+        1 => "One".to_owned(),
+        _ => format!("0x{v:02X}"),
+    };
+    for expected in [
+        "Name (_HID, EisaId (\"PNP0A08\") /* PCI Express Bus */)".to_owned(),
+        "Name (_CID, EisaId (\"PNP0A03\") /* PCI Bus */)".to_owned(),
+        format!("Name (_SEG, {})", int(bridge.segment.into())),
+        format!("Name (_BBN, {})", int(bridge.bus_start.into())),
+        format!("Name (_UID, {})", int(bridge.segment.into())),
+        format!(
+            "WordBusNumber (ResourceProducer, MinFixed, MaxFixed, PosDecode, 0x0000, // Granularity \
+             0x{:04X}, // Range Minimum 0x{:04X}, // Range Maximum 0x0000, // Translation Offset \
+             0x{:04X}, // Length ,, )",
+            bridge.bus_start,
+            bridge.bus_end,
+            u32::from(bridge.bus_end - bridge.bus_start) + 1
+        ),
+        format!(
+            "DWordMemory (ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite, \
+             0x00000000, // Granularity 0x{:08X}, // Range Minimum 0x{:08X}, // Range Maximum \
+             0x00000000, // Translation Offset 0x{:08X}, // Length ,, , AddressRangeMemory, TypeStatic)",
+            bridge.mmio32.base,
+            bridge.mmio32.end() - 1,
+            bridge.mmio32.size
+        ),
+        format!(
+            "QWordMemory (ResourceProducer, PosDecode, MinFixed, MaxFixed, Prefetchable, ReadWrite, \
+             0x0000000000000000, // Granularity 0x{:016X}, // Range Minimum 0x{:016X}, // Range Maximum \
+             0x0000000000000000, // Translation Offset 0x{:016X}, // Length ,, , AddressRangeMemory, TypeStatic)",
+            bridge.mmio64.base,
+            bridge.mmio64.end() - 1,
+            bridge.mmio64.size
+        ),
+        "Method (_OSC, 4, NotSerialized)".to_owned(),
+        "ToUUID (\"33db4d5b-1ff7-401c-9657-7441c03dd766\")".to_owned(),
+        "Local0 &= 0x1F".to_owned(),
+    ] {
+        assert!(
+            block.contains(&expected),
+            "{expected:?} missing from\n{block}"
+        );
+    }
+    assert_eq!(block.contains("Name (_CCA, One)"), cca, "{block}");
+    // Exactly three resources: no I/O window.
+    assert!(!block.contains("WordIO") && !block.contains("IO (Decode16"));
+
+    let entries = prt_entries(block);
+    assert_eq!(entries.len(), 128, "{name}");
+    let mut seen = Vec::new();
+    for (address, pin, source, gsi) in entries {
+        assert_eq!(address & 0xffff, 0xffff, "any function");
+        assert_eq!(source, 0, "link-less");
+        let slot = address >> 16;
+        let swizzled = gsis[((slot + pin) % 4) as usize];
+        assert_eq!(gsi, u64::from(swizzled), "{name} slot {slot} pin {pin}");
+        seen.push((slot, pin));
+    }
+    seen.sort();
+    let all: Vec<(u64, u64)> = (0..32).flat_map(|s| (0..4).map(move |p| (s, p))).collect();
+    assert_eq!(seen, all);
+}
+
+#[test]
+fn aarch64_dsdt_has_a_root_bridge_per_segment() {
+    for n in [1, 3] {
+        let platform = arm_pci_platform(2, n);
+        let dsl = squash(&iasl_decode(table(
+            &build(&platform, arm_region()).unwrap(),
+            "DSDT",
+        )));
+        assert_eq!(dsl.matches("\"PNP0A08\"").count(), usize::from(n));
+        assert_eq!(dsl.matches("\"PNP0A03\"").count(), usize::from(n));
+        // The UART stays, and no ECAM reservation device on Arm.
+        assert!(dsl.contains("Device (COM0)") && !dsl.contains("PNP0C02"));
+        for bridge in &platform.pci_bridges {
+            // GSIV = SPI + 32.
+            let gsis = bridge.intx.map(|spi| spi + 32);
+            check_root_bridge(&dsl, bridge, gsis, true);
+        }
+    }
+}
+
+#[test]
+fn x86_dsdt_has_root_bridges_and_reserves_ecam() {
+    for n in [1, 3] {
+        let platform = x86_pci_platform(2, n);
+        let dsl = squash(&iasl_decode(table(
+            &build(&platform, x86::ACPI_TABLES).unwrap(),
+            "DSDT",
+        )));
+        assert_eq!(dsl.matches("\"PNP0A08\"").count(), usize::from(n));
+        assert!(dsl.contains("Device (COM1)") && dsl.contains("_S5"));
+        for bridge in &platform.pci_bridges {
+            // GSI = I/O APIC pin.
+            check_root_bridge(&dsl, bridge, bridge.intx, false);
+        }
+        // One PNP0C02 whose _CRS covers exactly the ECAM windows.
+        assert_eq!(dsl.matches("\"PNP0C02\"").count(), 1);
+        let mbrd = device_block(&dsl, "MBRD");
+        assert!(mbrd.contains("Name (_HID, EisaId (\"PNP0C02\")"), "{mbrd}");
+        let ranges: Vec<(u64, u64)> = mbrd
+            .split("Memory32Fixed (ReadWrite, ")
+            .skip(1)
+            .map(|r| {
+                let v: Vec<&str> = r.split(", // ").collect();
+                (
+                    hex(v[0].trim_start_matches("0x")),
+                    hex(v[1].split(' ').nth(2).unwrap().trim_start_matches("0x")),
+                )
+            })
+            .collect();
+        let expected: Vec<(u64, u64)> = platform
+            .pci_bridges
+            .iter()
+            .map(|b| (b.ecam.base, b.ecam.size))
+            .collect();
+        assert_eq!(ranges, expected, "{mbrd}");
+    }
+}
+
+#[test]
+fn x86_ecam_above_4g_is_refused_and_would_be_a_qword_range() {
+    let mut platform = x86_pci_platform(1, 1);
+    platform.pci_bridges[0].ecam.base = 0x10_0000_0000;
+    assert!(matches!(
+        build(&platform, x86::ACPI_TABLES),
+        Err(AcpiError::AddressAbove4G {
+            address: 0x10_0000_0000,
+            ..
+        })
+    ));
+    // The reservation itself can say it, should another architecture want one.
+    let host = pci::PciHost {
+        bridge: &platform.pci_bridges[0],
+        gsis: [16, 17, 18, 19],
+        mcfg_base: 0x10_0000_0000,
+    };
+    let aml = pci::ecam_reservation(&[host]).unwrap();
+    let dsdt = AcpiTable {
+        signature: "DSDT".into(),
+        address: 0,
+        bytes: encode::table(*b"DSDT", 2, &encode::system_bus(&[aml]).0).bytes,
+    };
+    let dsl = squash(&iasl_decode(&dsdt));
+    let mbrd = device_block(&dsl, "MBRD");
+    assert!(!mbrd.contains("Memory32Fixed"), "{mbrd}");
+    assert!(
+        mbrd.contains("0x0000001000000000, // Range Minimum 0x0000001000FFFFFF, // Range Maximum"),
+        "{mbrd}"
+    );
+}
+
+#[test]
+fn mcfg_has_an_entry_per_bridge() {
+    for (tables, bridges) in [
+        (arm_pci_tables(1, 1), aarch64_pci_bridges(1)),
+        (arm_pci_tables(1, 3), aarch64_pci_bridges(3)),
+        (x86_pci_tables(1, 3), x86_pci_bridges(3)),
+    ] {
+        let mcfg = table(&tables, "MCFG");
+        assert_eq!(mcfg.bytes.len(), 44 + 16 * bridges.len());
+        let dsl = iasl_decode(mcfg);
+        let all = |name| -> Vec<u64> { fields(&dsl, name).iter().map(|v| hex(v)).collect() };
+        // The MCFG base is bus 0's address: the window starts at bus_start's.
+        let bases: Vec<u64> = bridges
+            .iter()
+            .map(|b| b.ecam.base - (u64::from(b.bus_start) << 20))
+            .collect();
+        assert_eq!(all("Base Address"), bases);
+        let segments: Vec<u64> = bridges.iter().map(|b| b.segment.into()).collect();
+        assert_eq!(all("Segment Group Number"), segments);
+        let starts: Vec<u64> = bridges.iter().map(|b| b.bus_start.into()).collect();
+        assert_eq!(all("Start Bus Number"), starts);
+        let ends: Vec<u64> = bridges.iter().map(|b| b.bus_end.into()).collect();
+        assert_eq!(all("End Bus Number"), ends);
+    }
+    // The fixtures do exercise a non-zero start bus.
+    assert_eq!(aarch64_pci_bridges(3)[1].bus_start, 0x10);
+}
+
+#[test]
+fn iort_routes_every_segment_to_the_its() {
+    for n in [1u16, 3] {
+        let tables = arm_pci_tables(2, n);
+        let iort = table(&tables, "IORT");
+        let dsl = iasl_decode(iort);
+        let all = |name| -> Vec<u64> { fields(&dsl, name).iter().map(|v| hex(v)).collect() };
+        let bridges = aarch64_pci_bridges(n);
+        let rcs = usize::from(n);
+
+        assert_eq!(hex(&field(&dsl, "Node Count")), u64::from(n) + 1);
+        assert_eq!(hex(&field(&dsl, "Node Offset")), 0x30);
+        let mut types = vec![0];
+        types.extend(vec![2; rcs]);
+        assert_eq!(
+            all("Type"),
+            types,
+            "ITS group, then a root complex per bridge"
+        );
+        // Table revision 5 (E.d), then node revisions: ITS group 1, root complex 3; lengths 24
+        // and 36 + one mapping.
+        let mut revisions = vec![5, 1];
+        revisions.extend(vec![3; rcs]);
+        assert_eq!(all("Revision"), revisions);
+        let mut lengths = vec![24];
+        lengths.extend(vec![36 + 20; rcs]);
+        assert_eq!(all("Length"), lengths);
+
+        // The ITS group holds the MADT's one ITS.
+        assert_eq!(all("ItsCount"), [1]);
+        let madt = iasl_decode(table(&tables, "APIC"));
+        assert_eq!(all("Identifiers"), [hex(&field(&madt, "Translation ID"))]);
+
+        // Each root complex: its segment, coherent, no ATS, RIDs 0..=0xffff -> msi_base + RID
+        // in the ITS group, which sits at offset 0x30.
+        let segments: Vec<u64> = bridges.iter().map(|b| b.segment.into()).collect();
+        assert_eq!(all("PCI Segment Number"), segments);
+        assert_eq!(all("Cache Coherency"), vec![1; rcs]);
+        assert_eq!(all("Memory Flags (decoded below)"), vec![3; rcs]);
+        assert_eq!(all("ATS Attribute"), vec![0; rcs]);
+        assert_eq!(all("Memory Size Limit"), vec![64; rcs]);
+        assert_eq!(all("Mapping Count"), [vec![0], vec![1; rcs]].concat());
+        assert_eq!(all("Input base"), vec![0; rcs]);
+        assert_eq!(all("ID Count"), vec![0xffff; rcs], "count minus one");
+        let msi_bases: Vec<u64> = bridges.iter().map(|b| b.msi_base.into()).collect();
+        assert_eq!(all("Output Base"), msi_bases);
+        assert_eq!(all("Output Reference"), vec![0x30; rcs]);
+        assert_eq!(
+            &iort.bytes[0x30..0x31],
+            [0],
+            "an ITS group node is at the reference"
+        );
+        assert_eq!(all("Single Mapping"), vec![0; rcs]);
+    }
+}
+
+#[test]
+fn iort_builder_resolves_references_to_offsets() {
+    use super::iort::{IdMapping, Iort, Node};
+    // A second ITS group between two root complexes: references follow the node, not the index.
+    let mut iort = Iort::new();
+    let first = iort.add(Node::ItsGroup { its_ids: vec![0] });
+    let rc = |output, output_base| Node::RootComplex {
+        segment: 7,
+        ats: 0,
+        mappings: vec![IdMapping {
+            input_base: 0x100,
+            count: 0x200,
+            output_base,
+            output,
+        }],
+    };
+    iort.add(rc(first, 0x10));
+    let second = iort.add(Node::ItsGroup {
+        its_ids: vec![1, 2],
+    });
+    iort.add(rc(second, 0x20));
+    let bytes = iort.encode().bytes;
+    assert_eq!(checksum(&bytes), 0);
+    // Nodes at 48 (24 bytes), 72 (56), 128 (28), 156 (56).
+    assert_eq!(bytes.len(), 156 + 56);
+    for (rc_at, target) in [(72, 48), (156, 128)] {
+        let mapping = rc_at + 36;
+        assert_eq!(u32_at(&bytes, mapping), 0x100, "input base");
+        assert_eq!(u32_at(&bytes, mapping + 4), 0x1ff, "count minus one");
+        assert_eq!(u32_at(&bytes, mapping + 12), target, "output reference");
+        assert_eq!(bytes[target as usize], 0, "an ITS group");
+    }
+    assert_eq!(u32_at(&bytes, 128 + 16), 2, "second group's ITS count");
+    // Identifiers are the node indices.
+    assert_eq!(u32_at(&bytes, 156 + 4), 3);
+}
+
+#[test]
+#[should_panic(expected = "not yet added")]
+fn iort_builder_refuses_dangling_references() {
+    use super::iort::{IdMapping, Iort, Node};
+    let mut other = Iort::new();
+    other.add(Node::ItsGroup { its_ids: vec![0] });
+    let elsewhere = other.add(Node::ItsGroup { its_ids: vec![1] });
+    let mut iort = Iort::new();
+    iort.add(Node::RootComplex {
+        segment: 0,
+        ats: 0,
+        mappings: vec![IdMapping {
+            input_base: 0,
+            count: 1,
+            output_base: 0,
+            output: elsewhere,
+        }],
+    });
+}
+
+#[test]
+fn x86_e820_reserves_the_ecam_windows() {
+    use crate::x86_64::boot::{E820_RESERVED, e820_map};
+    let plain = e820_map(&x86_platform(1)).unwrap();
+    let platform = x86_pci_platform(1, 3);
+    let with_pci = e820_map(&platform).unwrap();
+    let added: Vec<_> = with_pci
+        .iter()
+        .filter(|e| !plain.contains(e))
+        .copied()
+        .collect();
+    let expected: Vec<_> = platform
+        .pci_bridges
+        .iter()
+        .map(|b| (b.ecam, E820_RESERVED))
+        .collect();
+    let added: Vec<_> = added.iter().map(|e| (e.range(), { e.kind })).collect();
+    assert_eq!(added, expected);
+    assert_eq!(with_pci.len(), plain.len() + 3);
+    // Still sorted.
+    assert!(with_pci.windows(2).all(|w| w[0].addr < w[1].addr));
+}
+
+#[test]
+fn rejects_bridges_the_tables_cannot_describe() {
+    fn arm_err(edit: impl Fn(&mut PciBridge)) -> AcpiError {
+        let mut p = arm_pci_platform(1, 2);
+        edit(&mut p.pci_bridges[1]);
+        build(&p, arm_region()).expect_err("must fail")
+    }
+    fn x86_err(edit: impl Fn(&mut PciBridge)) -> AcpiError {
+        let mut p = x86_pci_platform(1, 2);
+        edit(&mut p.pci_bridges[1]);
+        build(&p, x86::ACPI_TABLES).expect_err("must fail")
+    }
+    let err = arm_err(|b| b.segment = 0x100);
+    assert!(matches!(err, AcpiError::PciSegmentTooHigh(0x100)), "{err}");
+    let err = x86_err(|b| b.segment = 0);
+    assert!(matches!(err, AcpiError::PciDuplicateSegment(0)), "{err}");
+    let err = arm_err(|b| b.bus_end = 0x0f);
+    assert!(
+        matches!(
+            err,
+            AcpiError::PciBusRange {
+                segment: 1,
+                start: 0x10,
+                end: 0x0f
+            }
+        ),
+        "{err}"
+    );
+    let err = arm_err(|b| b.ecam.size = 15 << 20);
+    assert!(
+        matches!(
+            err,
+            AcpiError::PciEcamTooSmall {
+                needed: 0x100_0000,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Start bus 0x10 with ECAM below 16 MiB: bus 0 would be below address 0.
+    let err = arm_err(|b| b.ecam.base = 0x80_0000);
+    assert!(
+        matches!(err, AcpiError::PciEcamBase { segment: 1, .. }),
+        "{err}"
+    );
+    let err = x86_err(|b| b.mmio32 = GuestRange::new(0xffff_0000, 0x2_0000));
+    assert!(
+        matches!(err, AcpiError::PciWindow { what: "32-bit", .. }),
+        "{err}"
+    );
+    let err = arm_err(|b| b.mmio64.size = 0);
+    assert!(
+        matches!(err, AcpiError::PciWindow { what: "64-bit", .. }),
+        "{err}"
+    );
+    let err = arm_err(|b| b.intx[2] = arm::GIC_NR_IRQS - 32);
+    assert!(
+        matches!(
+            err,
+            AcpiError::InterruptOutOfRange {
+                what: "PCI INTx SPI",
+                irq: 224,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = x86_err(|b| b.intx[0] = x86::IOAPIC_PINS);
+    assert!(
+        matches!(
+            err,
+            AcpiError::InterruptOutOfRange {
+                what: "PCI INTx pin",
+                irq: 24,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = x86_err(|b| b.intx[3] = 9);
+    assert!(
+        matches!(err, AcpiError::PciIntxIsaPin { segment: 1, pin: 9 }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("segment 1"), "{err}");
 }

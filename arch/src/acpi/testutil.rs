@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use super::AcpiTable;
 use crate::aarch64::layout as arm;
 use crate::platform::{
-    ArchTimer, FirmwareInterface, GuestArch, GuestRange, InterruptController, Platform,
-    PowerControl, RegisterSpace, SerialPort,
+    ArchTimer, FirmwareInterface, GuestArch, GuestRange, InterruptController, PciBridge,
+    PciFunction, Platform, PowerControl, RegisterSpace, SerialPort,
 };
 use crate::x86_64::layout as x86;
 
@@ -82,6 +82,94 @@ pub fn x86_platform(vcpus: u32) -> Platform {
         pci_bridges: Vec::new(),
         initrd: None,
     }
+}
+
+/// Bus ranges the bridge fixtures cycle through: a whole segment, a narrow one not starting at
+/// bus 0, and one in the upper half (so ECAM offsets, _BBN and bus-range are all exercised).
+const BUS_RANGES: [(u8, u8); 3] = [(0x00, 0xff), (0x10, 0x1f), (0x80, 0xbf)];
+
+/// `n` host bridges the way the plan lays them out in the aarch64 address map: segment `i`, its
+/// ECAM in the i-th 256 MiB slot, 64 MiB of 32-bit and 64 GiB of 64-bit window each, ITS device
+/// IDs from `i << 16`, four SPIs each.
+pub fn aarch64_pci_bridges(n: u16) -> Vec<PciBridge> {
+    (0..n)
+        .map(|i| {
+            let k = u64::from(i);
+            let intx_base = arm::PCI_INTX_SPI_BASE + 4 * u32::from(i);
+            pci_bridge(
+                i,
+                arm::PCI_ECAM_REGION.base + k * 256 * MIB,
+                GuestRange::new(arm::PCI_MMIO32.base + k * 64 * MIB, 64 * MIB),
+                GuestRange::new(arm::PCI_MMIO64_REGION.base + k * (64 << 30), 64 << 30),
+                u32::from(i) << 16,
+                std::array::from_fn(|pin| intx_base + pin as u32),
+            )
+        })
+        .collect()
+}
+
+/// `n` host bridges in the x86 address map: 16 MiB ECAM slots, 64 MiB 32-bit windows in the
+/// hole, I/O APIC pins 16..24 shared four at a time (bridge 2 reuses bridge 0's pins).
+pub fn x86_pci_bridges(n: u16) -> Vec<PciBridge> {
+    (0..n)
+        .map(|i| {
+            let k = u64::from(i);
+            let intx_base = x86::PCI_INTX_PIN_BASE + 4 * (u32::from(i) % 2);
+            let mut bridge = pci_bridge(
+                i,
+                x86::PCI_ECAM_REGION.base + k * 16 * MIB,
+                GuestRange::new(x86::PCI_MMIO32.base + k * 64 * MIB, 64 * MIB),
+                GuestRange::new(x86::PCI_MMIO64_REGION.base + k * (64 << 30), 64 << 30),
+                0,
+                std::array::from_fn(|pin| intx_base + pin as u32),
+            );
+            // 16 MiB of ECAM: at most 16 buses.
+            bridge.bus_end = bridge.bus_start + (bridge.bus_end - bridge.bus_start).min(0xf);
+            bridge.ecam.size = (u64::from(bridge.bus_end - bridge.bus_start) + 1) * MIB;
+            bridge
+        })
+        .collect()
+}
+
+fn pci_bridge(
+    segment: u16,
+    ecam_slot: u64,
+    mmio32: GuestRange,
+    mmio64: GuestRange,
+    msi_base: u32,
+    intx: [u32; 4],
+) -> PciBridge {
+    let (bus_start, bus_end) = BUS_RANGES[usize::from(segment) % BUS_RANGES.len()];
+    let buses = u64::from(bus_end - bus_start) + 1;
+    let function = |device: u8| {
+        let rid = u16::from(bus_start) << 8 | u16::from(device) << 3;
+        PciFunction {
+            bus: bus_start,
+            device,
+            function: 0,
+            rid,
+            msi_device_id: msi_base + u32::from(rid),
+            label: format!("0000:{:02x}:{device:02x}.0", 0x10 + segment),
+        }
+    };
+    PciBridge {
+        segment,
+        bus_start,
+        bus_end,
+        ecam: GuestRange::new(ecam_slot, buses * MIB),
+        mmio32,
+        mmio64,
+        msi_base,
+        intx,
+        functions: vec![function(0), function(5)],
+    }
+}
+
+/// FNV-1a, to pin the exact bytes of an encoding in a test without storing them.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 pub fn checksum(bytes: &[u8]) -> u8 {

@@ -1,11 +1,19 @@
 //! The x86_64 tables: a hardware-reduced FADT with sleep and reset registers, the DSDT (`\_S5`,
-//! COM1), the MADT (local APICs, the I/O APIC, ISA overrides) and the MCFG.
+//! COM1, PCI host bridges and their ECAM reservation), the MADT (local APICs, the I/O APIC, ISA
+//! overrides) and the MCFG.
+//!
+//! PCI INTx: each bridge's four lines are I/O APIC pins (GSIs), given directly in a link-less
+//! `_PRT`, for which Linux programs the pin level-triggered, active low (the PCI convention).
+//! No MADT override names them (overrides are for ISA IRQs, and [`ISA_IRQS`] pins are refused
+//! for INTx), so nothing contradicts that. KVM's in-kernel I/O APIC ignores the polarity bit:
+//! the VMM raises INTx as a logical level, asserted until the guest's EOI (a resampling irqfd).
 
 use acpi_tables::AmlSink;
 use acpi_tables::aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 
 use super::encode::{self, RawAml};
+use super::pci::{self, PciHost};
 use super::{AcpiError, ArchTables, Encoded, OEM_ID, OEM_REVISION, OEM_TABLE_ID};
 use crate::platform::{GuestArch, InterruptController, Platform, PowerControl, RegisterSpace};
 use crate::x86_64::layout;
@@ -39,12 +47,14 @@ pub const MPS_INTI_ACTIVE_HIGH_LEVEL: u16 = 0b01 | (0b11 << 2);
 pub const ISA_TIMER_IRQ: u8 = 0;
 pub const ISA_TIMER_GSI: u32 = 2;
 pub const ISA_SCI_IRQ: u8 = 9;
+/// I/O APIC pins 0..16 carry the ISA IRQs (edge, active high unless the MADT overrides them).
+pub const ISA_IRQS: u32 = 16;
 
 /// A 16550 decodes eight byte-wide I/O ports.
 const UART_PORTS: u8 = 8;
 
 /// The parts of the platform the tables need, checked once.
-struct Machine {
+struct Machine<'a> {
     vcpus: u8,
     lapic: u32,
     ioapic: u32,
@@ -54,6 +64,7 @@ struct Machine {
     reset_value: u8,
     s5_sleep_type: u8,
     uart: Option<Uart>,
+    pci: Vec<PciHost<'a>>,
 }
 
 /// The port-I/O 16550.
@@ -63,8 +74,8 @@ struct Uart {
     clock_hz: u32,
 }
 
-impl Machine {
-    fn new(platform: &Platform) -> Result<Self, AcpiError> {
+impl<'a> Machine<'a> {
+    fn new(platform: &'a Platform) -> Result<Self, AcpiError> {
         let arch = GuestArch::X86_64;
         let PowerControl::AcpiPorts {
             sleep_control,
@@ -137,6 +148,27 @@ impl Machine {
                 })
             }
         };
+        let pci = pci::check_bridges(&platform.pci_bridges, |segment, pin| {
+            if pin >= ioapic_pins {
+                return Err(AcpiError::InterruptOutOfRange {
+                    what: "PCI INTx pin",
+                    irq: pin,
+                    limit: ioapic_pins,
+                });
+            }
+            if pin < ISA_IRQS {
+                return Err(AcpiError::PciIntxIsaPin { segment, pin });
+            }
+            Ok(pin)
+        })?;
+        // x86 Linux ignores MCFG entries above 4 GiB unless DMI gives a BIOS year from 2010 on
+        // (arch/x86/pci/mmconfig-shared.c, `acpi_mcfg_valid_entry`); a guest has no DMI.
+        if let Some(host) = pci.iter().find(|h| h.bridge.ecam.end() > 1 << 32) {
+            return Err(AcpiError::AddressAbove4G {
+                what: "a PCI ECAM window",
+                address: host.bridge.ecam.base,
+            });
+        }
         Ok(Machine {
             vcpus,
             lapic,
@@ -147,13 +179,17 @@ impl Machine {
             reset_value,
             s5_sleep_type,
             uart,
+            pci,
         })
     }
 }
 
 pub(super) fn tables(platform: &Platform) -> Result<ArchTables, AcpiError> {
     let machine = Machine::new(platform)?;
-    let listed = vec![madt(&machine), super::mcfg(&super::ecam_windows(platform))];
+    let listed = vec![
+        madt(&machine),
+        super::mcfg(&super::ecam_windows(&machine.pci)),
+    ];
     let dsdt = dsdt(&machine);
     let fadt_input = FadtInput {
         sleep_control: machine.sleep_control,
@@ -204,6 +240,10 @@ fn dsdt(machine: &Machine) -> Encoded {
     if let Some(uart) = &machine.uart {
         devices.push(uart_device(uart));
     }
+    for host in &machine.pci {
+        devices.push(pci::root_bridge_device(host, false));
+    }
+    devices.extend(pci::ecam_reservation(&machine.pci));
     aml.extend_from_slice(&encode::system_bus(&devices).0);
     encode::table(*b"DSDT", DSDT_REVISION, &aml)
 }

@@ -524,7 +524,11 @@ fn write_cmdline<M: GuestMemory>(
 ///   lists it as "ACPI Tables" in /proc/iomem, which kexec tools forward to a kdump kernel as ACPI
 ///   data so it can read the tables too;
 /// - reserved for any rest of the first MiB;
-/// - RAM from [`layout::HIMEM_START`] to the end of every guest RAM region.
+/// - RAM from [`layout::HIMEM_START`] to the end of every guest RAM region;
+/// - reserved over each PCI host bridge's ECAM window. The DSDT's `PNP0C02` device reserves them
+///   too; Linux checks that one, except before its ACPI interpreter runs on machines whose DMI
+///   BIOS year is before 2016 (a guest without DMI counts) when port 0xCF8 config access works,
+///   where it wants e820 (arch/x86/pci/mmconfig-shared.c, `pci_mmcfg_reserved`).
 pub fn e820_map(platform: &Platform) -> Result<Vec<E820Entry>, BootError> {
     let acpi = layout::ACPI_TABLES;
     let mut entries: Vec<E820Entry> = platform
@@ -550,6 +554,12 @@ pub fn e820_map(platform: &Platform) -> Result<Vec<E820Entry>, BootError> {
             .iter()
             .filter_map(|r| clip(*r, layout::HIMEM_START, u64::MAX))
             .map(|r| E820Entry::new(r, E820_RAM)),
+    );
+    entries.extend(
+        platform
+            .pci_bridges
+            .iter()
+            .map(|b| E820Entry::new(b.ecam, E820_RESERVED)),
     );
 
     entries.sort_by_key(|e| e.addr);

@@ -5,6 +5,7 @@
 
 pub mod event_loop;
 pub mod exit;
+pub mod irq;
 pub mod vcpu;
 
 #[cfg(target_arch = "aarch64")]

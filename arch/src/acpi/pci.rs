@@ -1,0 +1,270 @@
+//! PCI host bridges in the ACPI tables, shared by both architectures: the checked bridge, its
+//! `PNP0A08` device in the DSDT (PCI Firmware Specification 3.3 §4.5, ACPI 6.5 §6.2.6, §6.2.13)
+//! and the `PNP0C02` device that reserves ECAM for an x86 guest.
+
+use acpi_tables::Aml;
+use acpi_tables::aml::{self, AddressSpace, AddressSpaceCacheable};
+
+use super::AcpiError;
+use super::encode::{self, RawAml};
+use crate::platform::{GuestRange, PciBridge};
+
+/// One MiB of ECAM per bus.
+const ECAM_BUS_SHIFT: u32 = 20;
+/// Devices on a bus; the `_PRT` lists every one (ACPI has no mask like the device tree).
+const PCI_SLOTS: u32 = 32;
+/// `_PRT` address: the device in the high word, any function (0xFFFF) in the low word.
+const PRT_ANY_FUNCTION: u32 = 0xffff;
+/// Device names are `PCxx`, `xx` the segment in hex.
+const MAX_NAMED_SEGMENT: u16 = 0xff;
+
+/// The PCI host bridge `_OSC` UUID (PCI Firmware Specification 3.3 §4.5.1).
+const PCI_OSC_UUID: &str = "33db4d5b-1ff7-401c-9657-7441c03dd766";
+/// `_OSC` status bits in the first capabilities DWORD (ACPI 6.5 §6.2.11).
+const OSC_UNRECOGNIZED_UUID: u8 = 1 << 2;
+const OSC_UNRECOGNIZED_REVISION: u8 = 1 << 3;
+const OSC_CAPABILITIES_MASKED: u8 = 1 << 4;
+/// The control the firmware hands over (PCI Firmware 3.3 table 4-5): native PCIe hotplug, SHPC
+/// hotplug, PME, AER and the PCIe capability structure. Nothing runs firmware-first in a
+/// microvmm guest, so the OS gets all of it; LTR and DPC stay with nobody (no port models them).
+const OSC_GRANTED_CONTROL: u8 = 0x1f;
+
+/// A host bridge the tables can describe, with its INTA..INTD (of slot 0) as GSIs.
+pub(crate) struct PciHost<'a> {
+    pub bridge: &'a PciBridge,
+    pub gsis: [u32; 4],
+    /// The MCFG base: where bus 0's configuration space would be (`ecam.base` is `bus_start`'s).
+    pub mcfg_base: u64,
+}
+
+impl PciHost<'_> {
+    /// The DSDT device name, `\_SB.PCxx`.
+    pub fn device_name(&self) -> String {
+        format!("PC{:02X}", self.bridge.segment)
+    }
+}
+
+/// Checks every bridge of the platform and maps its INTx numbers to GSIs with `gsi` (which
+/// rejects numbers the architecture cannot use).
+pub(crate) fn check_bridges<'a>(
+    bridges: &'a [PciBridge],
+    gsi: impl Fn(u16, u32) -> Result<u32, AcpiError>,
+) -> Result<Vec<PciHost<'a>>, AcpiError> {
+    let mut hosts: Vec<PciHost> = Vec::with_capacity(bridges.len());
+    for bridge in bridges {
+        let segment = bridge.segment;
+        if segment > MAX_NAMED_SEGMENT {
+            return Err(AcpiError::PciSegmentTooHigh(segment));
+        }
+        if hosts.iter().any(|h| h.bridge.segment == segment) {
+            return Err(AcpiError::PciDuplicateSegment(segment));
+        }
+        if bridge.bus_start > bridge.bus_end {
+            return Err(AcpiError::PciBusRange {
+                segment,
+                start: bridge.bus_start,
+                end: bridge.bus_end,
+            });
+        }
+        let needed = ecam_bytes(bridge);
+        if bridge.ecam.size < needed || bridge.ecam.base.checked_add(needed).is_none() {
+            return Err(AcpiError::PciEcamTooSmall {
+                segment,
+                size: bridge.ecam.size,
+                needed,
+            });
+        }
+        let mcfg_base = bridge
+            .ecam
+            .base
+            .checked_sub(u64::from(bridge.bus_start) << ECAM_BUS_SHIFT)
+            .ok_or(AcpiError::PciEcamBase {
+                segment,
+                base: bridge.ecam.base,
+                start_bus: bridge.bus_start,
+            })?;
+        for (what, window, limit) in [
+            ("32-bit", bridge.mmio32, 1 << 32),
+            ("64-bit", bridge.mmio64, u64::MAX),
+        ] {
+            let fits = window
+                .base
+                .checked_add(window.size)
+                .is_some_and(|end| end <= limit);
+            if window.size == 0 || !fits {
+                return Err(AcpiError::PciWindow {
+                    segment,
+                    what,
+                    base: window.base,
+                    size: window.size,
+                });
+            }
+        }
+        let mut gsis = [0; 4];
+        for (slot, &intx) in gsis.iter_mut().zip(&bridge.intx) {
+            *slot = gsi(segment, intx)?;
+        }
+        hosts.push(PciHost {
+            bridge,
+            gsis,
+            mcfg_base,
+        });
+    }
+    Ok(hosts)
+}
+
+/// The ECAM bytes the bridge's buses use (what the MCFG entry implies).
+fn ecam_bytes(bridge: &PciBridge) -> u64 {
+    (u64::from(bridge.bus_end) - u64::from(bridge.bus_start) + 1) << ECAM_BUS_SHIFT
+}
+
+/// `Device (\_SB.PCxx)`: a PCI Express root bridge (`PNP0A08`, compatible `PNP0A03`) for one
+/// segment, its bus range and two memory windows in `_CRS` (identity-mapped, no I/O window),
+/// a link-less `_PRT`, and an `_OSC` that grants the OS native control. With `coherent_dma`,
+/// `_CCA` says DMA is cache-coherent (Arm; x86 always is).
+///
+/// Link-less `_PRT` entries give GSIs directly, and Linux (drivers/acpi/pci_irq.c) then treats
+/// them as level-triggered, active high on a GIC and active low on an I/O APIC.
+pub(crate) fn root_bridge_device(host: &PciHost, coherent_dma: bool) -> RawAml {
+    let bridge = host.bridge;
+    let hid = aml::EISAName::new("PNP0A08");
+    let cid = aml::EISAName::new("PNP0A03");
+    let hid = aml::Name::new("_HID".into(), &hid);
+    let cid = aml::Name::new("_CID".into(), &cid);
+    let seg = aml::Name::new("_SEG".into(), &bridge.segment);
+    let bbn = aml::Name::new("_BBN".into(), &bridge.bus_start);
+    let uid = aml::Name::new("_UID".into(), &bridge.segment);
+    let cca = aml::Name::new("_CCA".into(), &aml::ONE);
+
+    let buses =
+        AddressSpace::new_bus_number(u16::from(bridge.bus_start), u16::from(bridge.bus_end));
+    // check_bridges keeps the 32-bit window below 4 GiB.
+    let mmio32 = AddressSpace::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        bridge.mmio32.base as u32,
+        (bridge.mmio32.end() - 1) as u32,
+        None,
+    );
+    let mmio64 = AddressSpace::new_memory(
+        AddressSpaceCacheable::PreFetchable,
+        true,
+        bridge.mmio64.base,
+        bridge.mmio64.end() - 1,
+        None,
+    );
+    let crs = aml::ResourceTemplate::new(vec![&buses, &mmio32, &mmio64]);
+    let crs = aml::Name::new("_CRS".into(), &crs);
+    let prt = routing_table(&host.gsis);
+    let osc = osc_method();
+
+    let mut children: Vec<&dyn Aml> = vec![&hid, &cid, &seg, &bbn, &uid];
+    if coherent_dma {
+        children.push(&cca);
+    }
+    children.extend([&crs as &dyn Aml, &prt, &osc]);
+    let device = aml::Device::new(host.device_name().as_str().into(), children);
+    RawAml(encode::aml_bytes(&device))
+}
+
+/// `Name (_PRT, Package { Package { (slot << 16) | 0xFFFF, pin, 0, GSI }, ... })`: every slot
+/// and pin (0 = INTA), with the swizzle of the device tree's `interrupt-map`: slot `d` pin `p`
+/// raises `gsis[(d + p) % 4]`.
+fn routing_table(gsis: &[u32; 4]) -> RawAml {
+    let mut entries = Vec::with_capacity((PCI_SLOTS * 4) as usize);
+    for slot in 0..PCI_SLOTS {
+        for pin in 0..4u8 {
+            let address = (slot << 16) | PRT_ANY_FUNCTION;
+            let gsi = gsis[(slot as usize + usize::from(pin)) % 4];
+            // Source 0: no link device, the last element is the GSI itself.
+            let entry = aml::Package::new(vec![&address, &pin, &0u8, &gsi]);
+            entries.push(RawAml(encode::aml_bytes(&entry)));
+        }
+    }
+    let prt = aml::Package::new(entries.iter().map(|e| e as &dyn Aml).collect());
+    RawAml(encode::aml_bytes(&aml::Name::new("_PRT".into(), &prt)))
+}
+
+/// `_OSC (UUID, Revision, Count, Capabilities)` for the PCI host bridge UUID: grants the
+/// requested control bits within [`OSC_GRANTED_CONTROL`], flagging any it masked, and rejects
+/// other UUIDs and revisions other than 1.
+fn osc_method() -> RawAml {
+    let cdw1 = aml::Path::new("CDW1");
+    let cdw2 = aml::Path::new("CDW2");
+    let cdw3 = aml::Path::new("CDW3");
+    let capabilities = aml::Arg(3);
+    let granted = aml::Local(0);
+    let uuid = aml::Uuid::new(PCI_OSC_UUID);
+
+    let create_cdw1 = aml::CreateDWordField::new(&cdw1, &capabilities, &aml::ZERO);
+    let create_cdw2 = aml::CreateDWordField::new(&cdw2, &capabilities, &4u8);
+    let create_cdw3 = aml::CreateDWordField::new(&cdw3, &capabilities, &8u8);
+    let requested = aml::Store::new(&granted, &cdw3);
+    let mask = aml::And::new(&granted, &granted, &OSC_GRANTED_CONTROL);
+    let bad_revision = aml::NotEqual::new(&aml::Arg(1), &aml::ONE);
+    let flag_revision = aml::Or::new(&cdw1, &cdw1, &OSC_UNRECOGNIZED_REVISION);
+    let check_revision = aml::If::new(&bad_revision, vec![&flag_revision]);
+    let masked = aml::NotEqual::new(&cdw3, &granted);
+    let flag_masked = aml::Or::new(&cdw1, &cdw1, &OSC_CAPABILITIES_MASKED);
+    let check_masked = aml::If::new(&masked, vec![&flag_masked]);
+    let grant = aml::Store::new(&cdw3, &granted);
+    let is_pci = aml::Equal::new(&aml::Arg(0), &uuid);
+    let pci = aml::If::new(
+        &is_pci,
+        vec![
+            &create_cdw2,
+            &create_cdw3,
+            &requested,
+            &mask,
+            &check_revision,
+            &check_masked,
+            &grant,
+        ],
+    );
+    let flag_uuid = aml::Or::new(&cdw1, &cdw1, &OSC_UNRECOGNIZED_UUID);
+    let other = aml::Else::new(vec![&flag_uuid]);
+    let ret = aml::Return::new(&capabilities);
+    let method = aml::Method::new(
+        "_OSC".into(),
+        4,
+        false,
+        vec![&create_cdw1, &pci, &other, &ret],
+    );
+    RawAml(encode::aml_bytes(&method))
+}
+
+/// `Device (\_SB.MBRD)`, a `PNP0C02` motherboard resource consuming every ECAM window: PCI
+/// Firmware 3.3 §4.1.2 wants ECAM reserved this way, and x86 Linux ignores MCFG entries that
+/// are not (arch/x86/pci/mmconfig-shared.c, `is_acpi_reserved`). `None` without bridges.
+pub(crate) fn ecam_reservation(hosts: &[PciHost]) -> Option<RawAml> {
+    if hosts.is_empty() {
+        return None;
+    }
+    let resources: Vec<RawAml> = hosts.iter().map(|h| memory_range(h.bridge.ecam)).collect();
+    let hid = aml::EISAName::new("PNP0C02");
+    let hid = aml::Name::new("_HID".into(), &hid);
+    let uid = aml::Name::new("_UID".into(), &aml::ZERO);
+    let crs = aml::ResourceTemplate::new(resources.iter().map(|r| r as &dyn Aml).collect());
+    let crs = aml::Name::new("_CRS".into(), &crs);
+    let device = aml::Device::new("MBRD".into(), vec![&hid, &uid, &crs]);
+    Some(RawAml(encode::aml_bytes(&device)))
+}
+
+/// A memory range descriptor: `Memory32Fixed` below 4 GiB, `QWordMemory` above.
+fn memory_range(range: GuestRange) -> RawAml {
+    let mut bytes = Vec::new();
+    match (u32::try_from(range.base), u32::try_from(range.size)) {
+        (Ok(base), Ok(size)) if range.end() <= 1 << 32 => {
+            aml::Memory32Fixed::new(true, base, size).to_aml_bytes(&mut bytes);
+        }
+        _ => AddressSpace::new_memory(
+            AddressSpaceCacheable::NotCacheable,
+            true,
+            range.base,
+            range.end() - 1,
+            None,
+        )
+        .to_aml_bytes(&mut bytes),
+    }
+    RawAml(bytes)
+}
