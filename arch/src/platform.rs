@@ -123,7 +123,8 @@ pub struct PciFunction {
     pub function: u8,
     /// Requester ID: bus << 8 | device << 3 | function.
     pub rid: u16,
-    /// aarch64: the ITS device ID its MSIs carry (the bridge's `msi_base` + RID). x86: the RID.
+    /// aarch64: the ITS device ID its MSIs carry (the bridge's `msi_base` + its offset in the
+    /// bridge's RID span). x86: the RID.
     pub msi_device_id: u32,
     /// What the user passed (host BDF or sysfs path), for messages and dumps.
     pub label: String,
@@ -142,8 +143,8 @@ pub struct PciBridge {
     pub mmio32: GuestRange,
     /// Prefetchable 64-bit window (GPU-sized BARs go here).
     pub mmio64: GuestRange,
-    /// aarch64: ITS device IDs of this segment are `msi_base + RID` (the DT msi-map and IORT
-    /// ID mappings say so). x86: unused (MSIs go to the local APICs).
+    /// aarch64: the ITS device ID of the first RID in `rid_span` (the DT msi-map and IORT ID
+    /// mappings say so). x86: unused (MSIs go to the local APICs).
     pub msi_base: u32,
     /// Legacy INTA..INTD of slot 0 as SPI numbers (aarch64) or I/O APIC pins (x86); slot `d`
     /// uses the standard swizzle: pin `p` -> `intx[(d + p) % 4]`.
@@ -152,6 +153,13 @@ pub struct PciBridge {
 }
 
 impl PciBridge {
+    /// The requester IDs of its buses: (first RID, count). MSI and IOMMU ID maps cover exactly
+    /// these, so segments can share one ITS device-ID space (KVM's ITS has 16-bit device IDs).
+    pub fn rid_span(&self) -> (u32, u32) {
+        let buses = u32::from(self.bus_end.saturating_sub(self.bus_start)) + 1;
+        (u32::from(self.bus_start) << 8, buses << 8)
+    }
+
     /// The ECAM address of a function's configuration space.
     pub fn config_address(&self, bus: u8, device: u8, function: u8) -> u64 {
         self.ecam.base

@@ -2,5 +2,7 @@
 //! is unit tested here without KVM or VFIO.
 
 pub mod bus;
+pub mod pci;
 pub mod power;
 pub mod serial;
+pub mod vfio_pci;

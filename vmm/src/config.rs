@@ -514,13 +514,6 @@ impl VmConfig {
                 }
             }
         }
-        if !self.devices.is_empty() {
-            // Said at the edge until the VFIO backend is wired into the VM build.
-            problem(
-                "devices",
-                "VFIO passthrough is not implemented yet in this build".into(),
-            );
-        }
         let mut seen: Vec<(String, usize)> = Vec::new();
         let mut per_bridge = std::collections::BTreeMap::<u16, usize>::new();
         for (i, device) in self.devices.iter().enumerate() {

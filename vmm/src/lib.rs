@@ -6,4 +6,5 @@ pub mod cli;
 pub mod config;
 pub mod host;
 pub mod plan;
+pub mod vfio;
 pub mod vm;

@@ -44,7 +44,8 @@ fn pci_layout(arch: HostArch) -> PciLayout {
                 mmio32: l::PCI_MMIO32,
                 mmio64_region: l::PCI_MMIO64_REGION,
                 max_bridges: l::MAX_PCI_BRIDGES,
-                msi_segment_shift: Some(16),
+                // KVM's ITS takes 16-bit device IDs: 4096 per segment (16 buses' worth).
+                msi_segment_shift: Some(12),
                 intx: |id| {
                     std::array::from_fn(|pin| l::PCI_INTX_SPI_BASE + 4 * u32::from(id) + pin as u32)
                 },
@@ -275,7 +276,7 @@ mod tests {
             .collect();
         assert_eq!(slots, [(1, 0x08, 0x08), (2, 0x10, 0x10)]);
         let b2 = &p.pci_bridges[1];
-        assert_eq!(b2.functions[0].msi_device_id, (2 << 16) | 0x08);
+        assert_eq!(b2.functions[0].msi_device_id, (2 << 12) | 0x08);
         assert_eq!(
             b2.functions[0].label,
             "vfio=03:00.0".trim_start_matches("vfio=")

@@ -68,7 +68,6 @@ const PCI_DEVICE_SHIFT: u32 = 11;
 const PCI_SWIZZLE_SLOTS: u32 = 4;
 const PCI_INTERRUPT_MAP_MASK: [u32; 4] = [(PCI_SWIZZLE_SLOTS - 1) << PCI_DEVICE_SHIFT, 0, 0, 0x7];
 /// Requester IDs are 16 bits: `msi-map` and `iommu-map` cover all of them.
-const PCI_RID_COUNT: u32 = 0x1_0000;
 /// One MiB of ECAM per bus.
 const ECAM_BUS_SHIFT: u32 = 20;
 
@@ -524,16 +523,17 @@ fn pcie_node(
     })
     .collect();
     fdt.property_array_u32("ranges", &ranges)?;
-    // bindings/pci/pci-msi.txt: RID r -> ITS device ID msi_base + r.
+    // bindings/pci/pci-msi.txt: RID rid_base + r -> ITS device ID msi_base + r.
+    let (rid_base, rid_count) = bridge.rid_span();
     fdt.property_array_u32(
         "msi-map",
-        &[0, phandle::ITS, bridge.msi_base, PCI_RID_COUNT],
+        &[rid_base, phandle::ITS, bridge.msi_base, rid_count],
     )?;
     if let Some(iommu) = iommu {
-        // bindings/pci/pci-iommu.txt: RID r -> StreamID stream_id_base + r.
+        // bindings/pci/pci-iommu.txt: RID rid_base + r -> StreamID stream_id_base + r.
         fdt.property_array_u32(
             "iommu-map",
-            &[0, iommu.phandle, iommu.stream_id_base, PCI_RID_COUNT],
+            &[rid_base, iommu.phandle, iommu.stream_id_base, rid_count],
         )?;
     }
     fdt.property_null("dma-coherent")?;
@@ -1137,7 +1137,12 @@ mod tests {
 
         assert_eq!(
             dts.get(path, "msi-map"),
-            cells(&[0, phandle::ITS, bridge.msi_base, 0x1_0000])
+            cells(&[
+                bridge.rid_span().0,
+                phandle::ITS,
+                bridge.msi_base,
+                bridge.rid_span().1
+            ])
         );
         assert_eq!(dts.prop(path, "iommu-map"), None);
         assert_eq!(dts.get(path, "dma-coherent"), "");

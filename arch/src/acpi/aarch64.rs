@@ -42,8 +42,6 @@ const GICC_ENABLED: u32 = 1 << 0;
 const GIC_VERSION_3: u8 = 3;
 /// The MADT's GIC ITS ID of the one ITS, which the IORT's ITS group names.
 pub const GIC_ITS_ID: u32 = 0;
-/// PCI requester IDs: every root complex maps all 2^16 of them.
-const PCI_RID_COUNT: u32 = 0x1_0000;
 
 /// GTDT revision 2 (ACPI 6.0-6.2 layout, 96 bytes, no platform timers).
 pub const GTDT_REVISION: u8 = 2;
@@ -317,12 +315,13 @@ fn iort(hosts: &[PciHost]) -> Encoded {
         its_ids: vec![GIC_ITS_ID],
     });
     for host in hosts {
+        let (rid_base, rid_count) = host.bridge.rid_span();
         iort.add(Node::RootComplex {
             segment: host.bridge.segment,
             ats: 0,
             mappings: vec![IdMapping {
-                input_base: 0,
-                count: PCI_RID_COUNT,
+                input_base: rid_base,
+                count: rid_count,
                 output_base: host.bridge.msi_base,
                 output: its,
             }],

@@ -1003,8 +1003,8 @@ fn iort_routes_every_segment_to_the_its() {
         let madt = iasl_decode(table(&tables, "APIC"));
         assert_eq!(all("Identifiers"), [hex(&field(&madt, "Translation ID"))]);
 
-        // Each root complex: its segment, coherent, no ATS, RIDs 0..=0xffff -> msi_base + RID
-        // in the ITS group, which sits at offset 0x30.
+        // Each root complex: its segment, coherent, no ATS, the RIDs of its buses -> msi_base
+        // onwards in the ITS group, which sits at offset 0x30.
         let segments: Vec<u64> = bridges.iter().map(|b| b.segment.into()).collect();
         assert_eq!(all("PCI Segment Number"), segments);
         assert_eq!(all("Cache Coherency"), vec![1; rcs]);
@@ -1012,8 +1012,13 @@ fn iort_routes_every_segment_to_the_its() {
         assert_eq!(all("ATS Attribute"), vec![0; rcs]);
         assert_eq!(all("Memory Size Limit"), vec![64; rcs]);
         assert_eq!(all("Mapping Count"), [vec![0], vec![1; rcs]].concat());
-        assert_eq!(all("Input base"), vec![0; rcs]);
-        assert_eq!(all("ID Count"), vec![0xffff; rcs], "count minus one");
+        let rid_bases: Vec<u64> = bridges.iter().map(|b| b.rid_span().0.into()).collect();
+        assert_eq!(all("Input base"), rid_bases);
+        let counts: Vec<u64> = bridges
+            .iter()
+            .map(|b| (b.rid_span().1 - 1).into())
+            .collect();
+        assert_eq!(all("ID Count"), counts, "count minus one");
         let msi_bases: Vec<u64> = bridges.iter().map(|b| b.msi_base.into()).collect();
         assert_eq!(all("Output Base"), msi_bases);
         assert_eq!(all("Output Reference"), vec![0x30; rcs]);

@@ -25,6 +25,15 @@ pub struct ArchState {
     _its: DeviceFd,
 }
 
+/// The GSI table: every SPI on the vGIC, MSIs above.
+pub fn irq_routing(vm: &Arc<VmFd>, platform: &arch::platform::Platform) -> super::irq::IrqRouting {
+    let spis = match platform.interrupt_controller {
+        InterruptController::GicV3 { nr_irqs, .. } => nr_irqs.saturating_sub(32),
+        _ => 0,
+    };
+    super::irq::IrqRouting::for_gic(vm.clone(), spis)
+}
+
 pub fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
     kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))
 }

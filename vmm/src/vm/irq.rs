@@ -95,6 +95,15 @@ impl IrqRouting {
         }
     }
 
+    /// A GSI number of its own for an MSI source; its caller attaches (and detaches) the irqfd.
+    pub fn reserve(&mut self) -> Result<u32, IrqError> {
+        if self.irqchip.len() + self.msi.len() >= MAX_ROUTES {
+            return Err(IrqError::Full);
+        }
+        self.next_gsi += 1;
+        Ok(self.next_gsi - 1)
+    }
+
     /// A new GSI with an eventfd registered as its irqfd; unrouted until [`Self::set_msi`].
     pub fn allocate(&mut self) -> Result<(u32, EventFd), IrqError> {
         if self.irqchip.len() + self.msi.len() >= MAX_ROUTES {
@@ -137,8 +146,12 @@ impl IrqRouting {
 
     /// Writes the whole table to KVM.
     pub fn commit(&self) -> Result<(), IrqError> {
-        let entries: Vec<kvm_irq_routing_entry> =
-            self.irqchip.iter().chain(self.msi.values()).copied().collect();
+        let entries: Vec<kvm_irq_routing_entry> = self
+            .irqchip
+            .iter()
+            .chain(self.msi.values())
+            .copied()
+            .collect();
         let table = KvmIrqRouting::from_entries(&entries).map_err(|_| IrqError::Full)?;
         self.vm
             .set_gsi_routing(&table)

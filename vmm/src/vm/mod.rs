@@ -6,6 +6,7 @@
 pub mod event_loop;
 pub mod exit;
 pub mod irq;
+pub mod pci;
 pub mod vcpu;
 
 #[cfg(target_arch = "aarch64")]
@@ -72,6 +73,10 @@ pub enum VmError {
     },
     #[error("placing a device")]
     Bus(#[from] BusError),
+    #[error(transparent)]
+    Host(#[from] crate::host::HostError),
+    #[error("passthrough")]
+    Vfio(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("{step}")]
     Io {
         step: &'static str,
@@ -129,8 +134,9 @@ pub struct Vm {
     /// Standard input feeds the serial port (serial on stdio).
     stdin_input: bool,
     exit: Arc<ExitSignal>,
+    _pci: Option<pci::PciState>,
     _arch: guest::ArchState,
-    _vm: VmFd,
+    _vm: Arc<VmFd>,
     _memory: GuestMemoryMmap,
     platform: Platform,
 }
@@ -181,9 +187,10 @@ fn guest_memory(vm: &VmFd, regions: &[GuestRange]) -> Result<GuestMemoryMmap, Vm
 
 /// Builds the VM the configuration describes.
 pub fn build(config: &VmConfig, exit: Arc<ExitSignal>) -> Result<Vm, VmError> {
-    let mut platform = plan::platform(config, HostArch::current(), &[]);
+    let hosts = crate::host::Host::default().probe(&config.devices)?;
+    let mut platform = plan::platform(config, HostArch::current(), &hosts);
     let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
-    let vm = guest::create_vm(&kvm)?;
+    let vm = Arc::new(guest::create_vm(&kvm)?);
     let memory = guest_memory(&vm, &platform.memory)?;
     let mut buses = Buses {
         mmio: Bus::new(),
@@ -214,12 +221,23 @@ pub fn build(config: &VmConfig, exit: Arc<ExitSignal>) -> Result<Vm, VmError> {
         exit: exit.clone(),
     };
     let (vcpus, arch_state) = guest::setup(&mut ctx)?;
+    let memslots = pci::Memslots::after(platform.memory.len() as u32);
+    let pci = pci::attach(
+        &vm,
+        &platform,
+        &memory,
+        &hosts,
+        &buses.mmio,
+        guest::irq_routing(&vm, &platform),
+        memslots,
+    )?;
     Ok(Vm {
         vcpus,
         buses: Arc::new(buses),
         serial,
         stdin_input: config.serial == SerialConfig::Stdio,
         exit,
+        _pci: pci,
         _arch: arch_state,
         _vm: vm,
         _memory: memory,

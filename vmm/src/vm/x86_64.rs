@@ -21,6 +21,15 @@ pub struct ArchState;
 /// The TSS needs three pages of guest physical space outside RAM; KVM's customary spot.
 const TSS_ADDRESS: usize = 0xfffb_d000;
 
+/// The GSI table: KVM's PIC and I/O APIC lines, MSIs above.
+pub fn irq_routing(vm: &Arc<VmFd>, platform: &arch::platform::Platform) -> super::irq::IrqRouting {
+    let pins = match platform.interrupt_controller {
+        arch::platform::InterruptController::X86Apic { ioapic_pins, .. } => ioapic_pins,
+        _ => layout::IOAPIC_PINS,
+    };
+    super::irq::IrqRouting::for_ioapic(vm.clone(), pins)
+}
+
 pub fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     vm.set_tss_address(TSS_ADDRESS)
