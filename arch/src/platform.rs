@@ -169,6 +169,54 @@ impl PciBridge {
     }
 }
 
+/// What a virtual SMMUv3 advertises: decided once per host SMMU from the host's IDR fields (only
+/// those the iommufd uAPI lets a VMM use) masked to what the model implements, then frozen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SmmuFeatures {
+    /// IDR0.ST_LEVEL: a 2-level stream table is offered (linear always is).
+    pub two_level_stream_table: bool,
+    /// IDR1.SIDSIZE: StreamID bits.
+    pub sid_bits: u8,
+    /// IDR1.SSIDSIZE: SubstreamID bits (0: no PASIDs).
+    pub ssid_bits: u8,
+    /// IDR5.OAS as bits (32, 36, 40, 42, 44, 48, 52).
+    pub oas_bits: u8,
+    /// IDR5.GRAN4K / GRAN16K / GRAN64K.
+    pub granule_4k: bool,
+    pub granule_16k: bool,
+    pub granule_64k: bool,
+    /// IDR3.RIL: range invalidation.
+    pub range_invalidation: bool,
+    /// IDR0.ASID16.
+    pub asid16: bool,
+    /// IDR0.CD2L: 2-level context-descriptor tables. (IDR0.TTF is always AArch64 only.)
+    pub two_level_cd_table: bool,
+    /// IDR0.STALL_MODEL as the host has it (0 both, 1 no stall, 2 forced stall).
+    pub stall_model: u8,
+    /// The kernel's ERRATA_REPEAT_TLBI_CFGI flag, mirrored to the guest.
+    pub repeat_tlbi_cfgi: bool,
+}
+
+/// A virtual SMMUv3 in front of one PCI host bridge, nested in hardware over one host SMMU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VirtualSmmu {
+    /// Its index among the guest's vSMMUs (IORT node order, DT phandle `fdt::phandle::smmu`).
+    pub index: u16,
+    /// The segment of the bridge it translates; StreamID = the function's RID.
+    pub segment: u16,
+    /// Register pages 0 and 1 (128 KiB).
+    pub registers: GuestRange,
+    /// SPIs of its wired interrupts.
+    pub event_irq: u32,
+    pub gerror_irq: u32,
+    pub sync_irq: u32,
+    /// The host SMMU instance it nests over (`smmu3.0x...`).
+    pub host_smmu: String,
+    pub features: SmmuFeatures,
+    /// The host kernel's MSI window, identity-mapped by the guest through an IORT RMR node.
+    pub msi_window: GuestRange,
+}
+
 /// The whole guest-visible machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Platform {
@@ -185,6 +233,9 @@ pub struct Platform {
     pub power: PowerControl,
     /// PCI host bridges, in segment order; empty when the guest has no PCI devices.
     pub pci_bridges: Vec<PciBridge>,
+    /// Virtual SMMUv3s, one per host SMMU, each in front of its own bridge; empty without
+    /// `--iommu=nested-smmuv3`.
+    pub smmus: Vec<VirtualSmmu>,
     /// The kernel command line as the guest receives it.
     pub cmdline: String,
     /// Where the initramfs was loaded, if any.

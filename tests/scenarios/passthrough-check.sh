@@ -6,10 +6,15 @@ done
 for disk in /dev/vda /dev/nvme0n1; do
     [ -b $disk ] && sha256sum $disk
 done
-# Sum each driver's MSI interrupt counts over all CPUs (the per-CPU columns only).
+# Sum each driver's interrupt counts over all CPUs (the per-CPU columns only), separately for
+# message-signalled and for wired (INTx) interrupts.
 cpus=$(head -n 1 /proc/interrupts | wc -w)
 for name in virtio nvme e1000e; do
-    total=$(awk -v n=$name -v c=$cpus '/MSI/ && $0 ~ n { for (i = 2; i <= c + 1; i++) s += $i } END { print s + 0 }' /proc/interrupts)
-    echo "lab-l2: msix $name $total"
+    for kind in msix intx; do
+        total=$(awk -v n=$name -v c=$cpus -v k=$kind '
+            $0 ~ n && ((k == "msix") == ($0 ~ /MSI/)) { for (i = 2; i <= c + 1; i++) s += $i }
+            END { print s + 0 }' /proc/interrupts)
+        echo "lab-l2: $kind $name $total"
+    done
 done
-grep -E 'MSI' /proc/interrupts || true
+grep -E 'virtio|nvme|e1000e' /proc/interrupts || true

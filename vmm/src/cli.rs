@@ -17,7 +17,8 @@ flags given on the command line override the file. --print-config shows the merg
 Exit status:
   0    the guest powered off
   1    microvmm failed (setup or a runtime fault)
-  2    the configuration is invalid (nothing was started)
+  2    the configuration is invalid or names a device the host cannot pass
+       through (nothing was started)
   3    the guest reset and --on-reboot is exit
   4    the guest reported a crash
   130  stopped by SIGINT, 143 stopped by SIGTERM";

@@ -39,6 +39,11 @@ fn main() -> ExitCode {
             ExitCode::from(exit.status() as u8)
         }
         Err(e) => {
+            // Devices the host cannot pass through are bad input, like a bad config.
+            let status = match e {
+                vmm::vm::VmError::Host(_) => ExitCode::from(CONFIG_ERROR),
+                _ => ExitCode::FAILURE,
+            };
             let mut text = e.to_string();
             let mut source = std::error::Error::source(&e);
             while let Some(cause) = source {
@@ -47,7 +52,7 @@ fn main() -> ExitCode {
                 source = cause.source();
             }
             eprintln!("microvmm: {text}");
-            ExitCode::FAILURE
+            status
         }
     }
 }

@@ -176,6 +176,7 @@ fn aarch64(config: &VmConfig) -> Platform {
         }),
         power: PowerControl::PsciHvc,
         pci_bridges: Vec::new(),
+        smmus: Vec::new(),
         cmdline: config.payload.cmdline.clone(),
         initrd: None,
     }
@@ -207,6 +208,7 @@ fn x86_64(config: &VmConfig) -> Platform {
             s5_sleep_type: l::ACPI_S5_SLEEP_TYPE,
         },
         pci_bridges: Vec::new(),
+        smmus: Vec::new(),
         cmdline: config.payload.cmdline.clone(),
         initrd: None,
     }

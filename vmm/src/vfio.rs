@@ -88,6 +88,14 @@ pub struct HostVfio {
     bdf: String,
 }
 
+impl Drop for HostVfio {
+    /// Leave the function quiet for whoever uses it next (the kernel resets it again on release
+    /// where it can; this covers devices whose reset needs the open fd).
+    fn drop(&mut self) {
+        self.device.reset();
+    }
+}
+
 /// VFIO_REGION_INFO_FLAG_{READ,WRITE,MMAP} (linux/vfio.h).
 const REGION_READ: u32 = 1;
 const REGION_WRITE: u32 = 2;

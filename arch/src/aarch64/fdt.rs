@@ -742,6 +742,7 @@ mod tests {
             power: PowerControl::PsciHvc,
             cmdline: "console=ttyS0 earlycon root=/dev/vda rw".to_owned(),
             pci_bridges: Vec::new(),
+            smmus: Vec::new(),
             initrd: None,
         }
     }

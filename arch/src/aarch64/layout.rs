@@ -30,6 +30,16 @@ pub const RAM_LIMIT: u64 = 0x40_0000_0000;
 pub const PCI_ECAM_REGION: GuestRange = GuestRange::new(0x40_0000_0000, 0x10_0000_0000);
 /// 64-bit prefetchable windows of all PCI host bridges; ends at 1 TiB (KVM's default 40-bit IPA).
 pub const PCI_MMIO64_REGION: GuestRange = GuestRange::new(0x80_0000_0000, 0x80_0000_0000);
+/// vSMMUv3 `i` occupies a 1 MiB slot from here: registers (128 KiB) at its start, room for a
+/// Tegra241 CMDQV window after them.
+pub const SMMU_SLOT_BASE: u64 = PLATFORM_MMIO.base;
+pub const SMMU_SLOT_SIZE: u64 = 0x10_0000;
+pub const SMMU_REGISTERS_SIZE: u64 = 0x2_0000;
+/// SPIs of vSMMUv3 `i`: event queue, global error, CMD_SYNC = base + 3i, +1, +2.
+pub const SMMU_SPI_BASE: u32 = 128;
+/// The host kernel's MSI window for nested translation (IOVA), which the guest must
+/// identity-map in stage 1 (IORT RMR).
+pub const HOST_MSI_WINDOW: GuestRange = GuestRange::new(0x800_0000, 0x10_0000);
 /// SPIs for PCI INTx: four per host bridge from here.
 pub const PCI_INTX_SPI_BASE: u32 = 32;
 /// Most PCI host bridges (segments) a guest gets.

@@ -50,6 +50,7 @@ pub fn aarch64_platform(vcpus: u32) -> Platform {
         power: PowerControl::PsciHvc,
         cmdline: "console=ttyS0 earlycon panic=-1".into(),
         pci_bridges: Vec::new(),
+        smmus: Vec::new(),
         initrd: Some(GuestRange::new(AARCH64_RAM.base + 64 * MIB, 0x12_3456)),
     }
 }
@@ -80,6 +81,7 @@ pub fn x86_platform(vcpus: u32) -> Platform {
         },
         cmdline: "console=ttyS0".into(),
         pci_bridges: Vec::new(),
+        smmus: Vec::new(),
         initrd: None,
     }
 }

@@ -636,6 +636,7 @@ mod tests {
             },
             cmdline: cmdline.to_string(),
             pci_bridges: Vec::new(),
+            smmus: Vec::new(),
             initrd,
         }
     }
