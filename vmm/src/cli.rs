@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::config::{
-    BootMode, BridgeConfig, ByteSize, ConfigError, DeviceConfig, LogLevel, RebootAction,
+    BootMode, BridgeConfig, ByteSize, ConfigError, DeviceConfig, IommuMode, LogLevel, RebootAction,
     SerialConfig, VmConfig,
 };
 
@@ -77,6 +77,25 @@ pub struct Cli {
     #[arg(long = "pci-bridge", value_name = "id=<n>[,mmio64=<size>]")]
     pub pci_bridges: Vec<BridgeConfig>,
 
+    /// Virtual IOMMU: off, or nested-smmuv3 (one vSMMUv3 per host SMMU, each in front of its
+    /// own PCI host bridge; aarch64) [default: off].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub iommu: Option<IommuMode>,
+
+    /// Print the platform plan (and the host it was made for) as JSON and exit without starting
+    /// a guest.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Write the plan, the guest device tree and every ACPI table (one .aml each) into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub dump_platform: Option<PathBuf>,
+
+    /// Plan for the host described in FILE (the "host" object --dry-run prints) instead of
+    /// probing this one; only with --dry-run.
+    #[arg(long, value_name = "FILE")]
+    pub host_description: Option<PathBuf>,
+
     /// Print the merged configuration as JSON and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -122,6 +141,9 @@ impl Cli {
         }
         if !self.pci_bridges.is_empty() {
             config.pci_bridges = self.pci_bridges.clone();
+        }
+        if let Some(v) = self.iommu {
+            config.iommu = v;
         }
         Ok(config)
     }

@@ -308,6 +308,18 @@ impl FromStr for BridgeConfig {
     }
 }
 
+/// The virtual IOMMU the guest gets in front of its passed-through devices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum IommuMode {
+    /// None: the host maps all guest RAM once and devices DMA to guest physical addresses.
+    #[default]
+    Off,
+    /// One virtual SMMUv3 per host SMMU, each in front of its own PCI host bridge, translation
+    /// nested in hardware (guest stage 1 over host stage 2, through iommufd). aarch64 only.
+    NestedSmmuv3,
+}
+
 /// The whole configuration of one VM.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -326,6 +338,7 @@ pub struct VmConfig {
     pub devices: Vec<DeviceConfig>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub pci_bridges: Vec<BridgeConfig>,
+    pub iommu: IommuMode,
 }
 
 /// One problem with a configuration, naming the field it is in.
@@ -483,6 +496,30 @@ impl VmConfig {
                 "boot",
                 "device-tree boot exists only for aarch64 guests".into(),
             );
+        }
+
+        if self.iommu == IommuMode::NestedSmmuv3 {
+            if arch != HostArch::Aarch64 {
+                problem(
+                    "iommu",
+                    "nested-smmuv3 exists only for aarch64 guests".into(),
+                );
+            }
+            for (i, device) in self.devices.iter().enumerate() {
+                if device.bridge != 0 {
+                    problem(
+                        &format!("devices[{i}].bridge"),
+                        "with iommu nested-smmuv3 bridges follow the host SMMUs; leave it out"
+                            .into(),
+                    );
+                }
+            }
+            if !self.pci_bridges.is_empty() {
+                problem(
+                    "pci_bridges",
+                    "with iommu nested-smmuv3 bridges follow the host SMMUs; declare none".into(),
+                );
+            }
         }
 
         let max_bridges = arch.max_pci_bridges();

@@ -4,22 +4,54 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::config::{DeviceConfig, normalize_device};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{DeviceConfig, IommuMode, VmConfig, normalize_device};
 
 /// A host PCI function ready to be passed through.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostDevice {
     /// Index in the configuration's `devices` list.
+    #[serde(default)]
     pub index: usize,
     /// `DDDD:BB:DD.F`
     pub bdf: String,
     /// `/sys/bus/pci/devices/<bdf>`
+    #[serde(default)]
     pub sysfs: PathBuf,
     /// `/dev/vfio/devices/vfioN`
+    #[serde(default)]
     pub cdev: PathBuf,
     /// The host IOMMU instance (`smmu3.0x...`, `dmar0`), if the device sits behind one.
+    #[serde(default)]
     pub iommu: Option<String>,
+}
+
+/// A host SMMUv3 instance as IOMMU_GET_HW_INFO reports it (type ARM_SMMUV3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostSmmu {
+    /// The IOMMU instance name (`smmu3.0x...`).
+    pub name: String,
+    pub idr: [u32; 6],
+    pub iidr: u32,
+    pub aidr: u32,
+    /// Bit 0: ERRATA_REPEAT_TLBI_CFGI.
+    #[serde(default)]
+    pub flags: u32,
+}
+
+/// What the plan needs to know about the host: printed by `--dry-run` under "host", read back by
+/// `--host-description`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostDescription {
+    /// The configured devices, in configuration order.
+    pub devices: Vec<HostDevice>,
+    /// The SMMUv3 instances those devices sit behind (with `--iommu nested-smmuv3`).
+    #[serde(default)]
+    pub smmus: Vec<HostSmmu>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -40,6 +72,21 @@ pub enum HostError {
     NoCdev { index: usize, bdf: String },
     #[error("{0} is missing: the host kernel needs CONFIG_IOMMUFD for passthrough")]
     NoIommufd(PathBuf),
+    #[error("devices[{index}] ({bdf}): reading the hardware of its IOMMU {iommu}: {message}")]
+    HwInfo {
+        index: usize,
+        bdf: String,
+        iommu: String,
+        message: String,
+    },
+    #[error("host description {path}: {message}")]
+    Description { path: PathBuf, message: String },
+    #[error("host description: devices[{index}] is {found}, but the configuration names {wanted}")]
+    DescriptionMismatch {
+        index: usize,
+        found: String,
+        wanted: String,
+    },
 }
 
 /// The host's sysfs and /dev.
@@ -77,6 +124,25 @@ impl Host {
             .enumerate()
             .map(|(index, d)| self.device(index, &d.vfio))
             .collect()
+    }
+
+    /// Probes the configured devices and, for nested translation, reads the hardware of every
+    /// host IOMMU instance they sit behind.
+    pub fn describe(&self, config: &VmConfig) -> Result<HostDescription, HostError> {
+        let devices = self.probe(&config.devices)?;
+        let mut smmus: Vec<HostSmmu> = Vec::new();
+        if config.iommu == IommuMode::NestedSmmuv3 {
+            for device in &devices {
+                let Some(name) = &device.iommu else { continue };
+                if smmus.iter().any(|s| &s.name == name) {
+                    continue;
+                }
+                if let Some(smmu) = read_hw_info(device, name)? {
+                    smmus.push(smmu);
+                }
+            }
+        }
+        Ok(HostDescription { devices, smmus })
     }
 
     fn device(&self, index: usize, spec: &str) -> Result<HostDevice, HostError> {
@@ -131,6 +197,88 @@ impl Host {
             bdf,
             iommu,
         })
+    }
+}
+
+/// IOMMU_GET_HW_INFO through a device behind the instance (the uAPI asks per device); None when
+/// the IOMMU is not an SMMUv3 (such devices get a bridge without a vSMMU).
+fn read_hw_info(device: &HostDevice, iommu: &str) -> Result<Option<HostSmmu>, HostError> {
+    use iommufd_bindings::iommufd::{
+        iommu_hw_info_arm_smmuv3, iommu_hw_info_type_IOMMU_HW_INFO_TYPE_ARM_SMMUV3,
+    };
+    use iommufd_ioctls::{IommuFd, IommufdHwInfoData};
+    let fail = |message: String| HostError::HwInfo {
+        index: device.index,
+        bdf: device.bdf.clone(),
+        iommu: iommu.to_string(),
+        message,
+    };
+    let iommufd = Arc::new(IommuFd::new().map_err(|e| fail(e.to_string()))?);
+    let ops = Arc::new(
+        vfio_ioctls::VfioIommufd::new(iommufd.clone(), None, None)
+            .map_err(|e| fail(e.to_string()))?,
+    );
+    let vfio = vfio_ioctls::VfioDevice::new(&device.sysfs, ops, false)
+        .map_err(|e| fail(format!("binding its cdev: {e}")))?;
+    let dev_id = vfio
+        .iommufd_dev_id()
+        .ok_or_else(|| fail("no iommufd device id".into()))?;
+    let mut data = IommufdHwInfoData::Smmuv3(iommu_hw_info_arm_smmuv3::default());
+    let info = iommufd
+        .device_hw_info(dev_id, &mut data)
+        .map_err(|e| fail(e.to_string()))?;
+    // SAFETY: both members of the union are u32; the kernel wrote out_data_type.
+    let kind = unsafe { info.__bindgen_anon_1.out_data_type };
+    if kind != iommu_hw_info_type_IOMMU_HW_INFO_TYPE_ARM_SMMUV3 {
+        return Ok(None);
+    }
+    let IommufdHwInfoData::Smmuv3(smmu) = data;
+    Ok(Some(HostSmmu {
+        name: iommu.to_string(),
+        idr: smmu.idr,
+        iidr: smmu.iidr,
+        aidr: smmu.aidr,
+        flags: smmu.flags,
+    }))
+}
+
+impl HostDescription {
+    /// Reads a description `--dry-run` printed (its "host" object, or the whole output) and
+    /// checks it names the configured devices in order.
+    pub fn from_file(path: &Path, config: &VmConfig) -> Result<Self, HostError> {
+        let err = |message: String| HostError::Description {
+            path: path.to_path_buf(),
+            message,
+        };
+        let text = fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let host = value.get("host").cloned().unwrap_or(value);
+        let mut description: HostDescription =
+            serde_json::from_value(host).map_err(|e| err(e.to_string()))?;
+        if description.devices.len() != config.devices.len() {
+            return Err(err(format!(
+                "describes {} devices, the configuration names {}",
+                description.devices.len(),
+                config.devices.len()
+            )));
+        }
+        for (index, (host, wanted)) in description
+            .devices
+            .iter_mut()
+            .zip(&config.devices)
+            .enumerate()
+        {
+            host.index = index;
+            if normalize_device(&host.bdf) != normalize_device(&wanted.vfio) {
+                return Err(HostError::DescriptionMismatch {
+                    index,
+                    found: host.bdf.clone(),
+                    wanted: wanted.vfio.clone(),
+                });
+            }
+        }
+        Ok(description)
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dump;
 pub mod host;
 pub mod plan;
 pub mod vfio;

@@ -7,6 +7,40 @@ use vmm::config::{ConfigError, HostArch};
 /// Configuration problems end the process with this status before anything touches KVM.
 const CONFIG_ERROR: u8 = 2;
 
+/// The error and its causes on one line.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// `--dry-run` / `--dump-platform`: plan for this host (or a described one), print and/or dump.
+fn plan_only(cli: &Cli, config: &vmm::config::VmConfig, arch: HostArch) -> Result<(), String> {
+    let host = match &cli.host_description {
+        Some(path) => vmm::host::HostDescription::from_file(path, config),
+        None => vmm::host::Host::default().describe(config),
+    }
+    .map_err(|e| chain(&e))?;
+    let platform = vmm::plan::platform(config, arch, &host).map_err(|e| chain(&e))?;
+    let report = vmm::dump::PlanReport {
+        host: &host,
+        platform: &platform,
+    };
+    if let Some(dir) = &cli.dump_platform {
+        let files = vmm::dump::write(dir, &report).map_err(|e| chain(&e))?;
+        log::info!("wrote {} files to {}", files.len(), dir.display());
+    }
+    if cli.dry_run {
+        println!("{}", report.to_json());
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match cli.merged_config() {
@@ -28,11 +62,32 @@ fn main() -> ExitCode {
     if cli.print_config {
         return ExitCode::SUCCESS;
     }
-
     env_logger::Builder::new()
         .filter_level(config.log_level.filter())
         .format_target(false)
         .init();
+    if cli.host_description.is_some() && !cli.dry_run {
+        eprintln!("microvmm: --host-description plans for another host; it needs --dry-run");
+        return ExitCode::from(CONFIG_ERROR);
+    }
+    if cli.dry_run || cli.dump_platform.is_some() {
+        match plan_only(&cli, &config, arch) {
+            Ok(()) if cli.dry_run => return ExitCode::SUCCESS,
+            Ok(()) => {}
+            Err(text) => {
+                eprintln!("microvmm: {text}");
+                return ExitCode::from(CONFIG_ERROR);
+            }
+        }
+    }
+    if config.iommu == vmm::config::IommuMode::NestedSmmuv3 {
+        eprintln!(
+            "microvmm: --iommu nested-smmuv3 can be planned (--dry-run, --dump-platform) but this \
+             build cannot run a guest with it yet: the vSMMUv3 device is not wired in"
+        );
+        return ExitCode::from(CONFIG_ERROR);
+    }
+
     match vmm::vm::run(&config) {
         Ok(exit) => {
             log::info!("guest ended: {exit:?}");
@@ -41,17 +96,12 @@ fn main() -> ExitCode {
         Err(e) => {
             // Devices the host cannot pass through are bad input, like a bad config.
             let status = match e {
-                vmm::vm::VmError::Host(_) => ExitCode::from(CONFIG_ERROR),
+                vmm::vm::VmError::Host(_) | vmm::vm::VmError::Plan(_) => {
+                    ExitCode::from(CONFIG_ERROR)
+                }
                 _ => ExitCode::FAILURE,
             };
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                text.push_str(": ");
-                text.push_str(&cause.to_string());
-                source = cause.source();
-            }
-            eprintln!("microvmm: {text}");
+            eprintln!("microvmm: {}", chain(&e));
             status
         }
     }

@@ -1,25 +1,192 @@
 //! The platform plan: everything the guest will see, computed once from the validated
 //! configuration. Every encoder (device tree, ACPI, boot parameters) and the VM build read it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use arch::platform::{
     ArchTimer, FirmwareInterface, GuestArch, GuestRange, InterruptController, PciBridge,
-    PciFunction, Platform, PowerControl, RegisterSpace, SerialPort,
+    PciFunction, Platform, PowerControl, RegisterSpace, SerialPort, SmmuFeatures, VirtualSmmu,
 };
 
-use crate::config::{BootMode, HostArch, SerialConfig, VmConfig};
-use crate::host::HostDevice;
+use crate::config::{BootMode, HostArch, IommuMode, SerialConfig, VmConfig};
+use crate::host::{HostDescription, HostDevice, HostSmmu};
 
-/// The guest platform for a configuration already validated for `arch`, with the host devices
-/// the probe found for its `devices` (same order).
-pub fn platform(config: &VmConfig, arch: HostArch, devices: &[HostDevice]) -> Platform {
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error("host SMMU {smmu} (behind {device}) cannot back a nested vSMMUv3: {reason}")]
+    Incompatible {
+        smmu: String,
+        device: String,
+        reason: String,
+    },
+    #[error("{count} host SMMUs (and devices behind none) need more PCI host bridges than {max}")]
+    TooManyBridges { count: usize, max: u32 },
+}
+
+/// The guest platform for a configuration already validated for `arch`, on the host described
+/// (its `devices` in configuration order).
+pub fn platform(
+    config: &VmConfig,
+    arch: HostArch,
+    host: &HostDescription,
+) -> Result<Platform, PlanError> {
     let mut platform = match arch {
         HostArch::Aarch64 => aarch64(config),
         HostArch::X86_64 => x86_64(config),
     };
-    platform.pci_bridges = pci_topology(config, arch, devices);
-    platform
+    let (bridge_of, smmus) = match config.iommu {
+        IommuMode::Off => (
+            config.devices.iter().map(|d| d.bridge).collect(),
+            Vec::new(),
+        ),
+        IommuMode::NestedSmmuv3 => nested_assignment(config, host, platform.memory_end())?,
+    };
+    platform.pci_bridges = pci_topology(config, arch, &host.devices, &bridge_of);
+    platform.smmus = smmus;
+    Ok(platform)
+}
+
+/// With nested vSMMUs, devices are grouped by the host SMMU they sit behind: group `i` (in host
+/// SMMU name order) gets bridge `i` and vSMMU `i`; devices behind no SMMUv3 share one more bridge
+/// without a vSMMU.
+fn nested_assignment(
+    config: &VmConfig,
+    host: &HostDescription,
+    ram_end: u64,
+) -> Result<(Vec<u16>, Vec<VirtualSmmu>), PlanError> {
+    use arch::aarch64::layout as l;
+    let smmu_of = |i: usize| -> Option<&HostSmmu> {
+        let name = host.devices.get(i)?.iommu.as_ref()?;
+        host.smmus.iter().find(|s| &s.name == name)
+    };
+    let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    let mut plain = Vec::new();
+    for i in 0..config.devices.len() {
+        match smmu_of(i) {
+            Some(smmu) => groups.entry(smmu.name.as_str()).or_default().push(i),
+            None => plain.push(i),
+        }
+    }
+    let count = groups.len() + usize::from(!plain.is_empty());
+    if count > l::MAX_PCI_BRIDGES as usize {
+        return Err(PlanError::TooManyBridges {
+            count,
+            max: l::MAX_PCI_BRIDGES,
+        });
+    }
+    let mut bridge_of = vec![0u16; config.devices.len()];
+    let mut smmus = Vec::new();
+    for (index, (name, members)) in groups.into_iter().enumerate() {
+        let index = index as u16;
+        let first = &host.devices[members[0]];
+        let smmu = smmu_of(members[0]).expect("grouped by it");
+        let features = smmu_features(smmu, ram_end).map_err(|reason| PlanError::Incompatible {
+            smmu: name.to_string(),
+            device: first.bdf.clone(),
+            reason,
+        })?;
+        for &m in &members {
+            bridge_of[m] = index;
+        }
+        let spi = l::SMMU_SPI_BASE + 3 * u32::from(index);
+        smmus.push(VirtualSmmu {
+            index,
+            segment: index,
+            registers: GuestRange::new(
+                l::SMMU_SLOT_BASE + u64::from(index) * l::SMMU_SLOT_SIZE,
+                l::SMMU_REGISTERS_SIZE,
+            ),
+            event_irq: spi,
+            gerror_irq: spi + 1,
+            sync_irq: spi + 2,
+            host_smmu: name.to_string(),
+            features,
+            msi_window: l::HOST_MSI_WINDOW,
+        });
+    }
+    let plain_bridge = smmus.len() as u16;
+    for &m in &plain {
+        bridge_of[m] = plain_bridge;
+    }
+    Ok((bridge_of, smmus))
+}
+
+/// SMMUv3 ID register fields (IHI 0070, 6.3.1-6.3.6) that the uAPI lets a VMM read.
+mod idr {
+    pub const IDR0_ST_LEVEL: (u32, u32) = (27, 2);
+    pub const IDR0_STALL_MODEL: (u32, u32) = (24, 2);
+    pub const IDR0_TTENDIAN: (u32, u32) = (21, 2);
+    pub const IDR0_CD2L: (u32, u32) = (19, 1);
+    pub const IDR0_ASID16: (u32, u32) = (12, 1);
+    pub const IDR0_TTF: (u32, u32) = (2, 2);
+    pub const IDR1_SSIDSIZE: (u32, u32) = (6, 5);
+    pub const IDR3_RIL: (u32, u32) = (10, 1);
+    pub const IDR5_OAS: (u32, u32) = (0, 3);
+    pub const IDR5_GRAN4K: (u32, u32) = (4, 1);
+    pub const IDR5_GRAN16K: (u32, u32) = (5, 1);
+    pub const IDR5_GRAN64K: (u32, u32) = (6, 1);
+
+    pub fn get(reg: u32, (shift, width): (u32, u32)) -> u32 {
+        (reg >> shift) & ((1 << width) - 1)
+    }
+}
+
+/// StreamIDs the vSMMU offers: a full 16-bit RID space (the vSID is the guest RID; the kernel
+/// maps it to the host StreamID, so the host's SIDSIZE does not bound it).
+const GUEST_SID_BITS: u8 = 16;
+/// SubstreamIDs the model handles at most (PCIe PASIDs are 20 bits).
+const MAX_SSID_BITS: u8 = 20;
+
+/// What the vSMMU over `host` advertises, or why it cannot be offered. Reads only the IDR fields
+/// the iommufd uAPI names as usable.
+pub fn smmu_features(host: &HostSmmu, ram_end: u64) -> Result<SmmuFeatures, String> {
+    use idr::get;
+    let [idr0, idr1, _, idr3, _, idr5] = host.idr;
+    // TTF: 0b10 AArch64 only, 0b11 both; the guest's stage-1 tables are AArch64.
+    if get(idr0, idr::IDR0_TTF) & 0b10 == 0 {
+        return Err("it walks no AArch64 translation tables (IDR0.TTF)".into());
+    }
+    // TTENDIAN: 0b00 mixed, 0b10 little only; 0b11 big only.
+    if get(idr0, idr::IDR0_TTENDIAN) == 0b11 {
+        return Err("it walks big-endian tables only (IDR0.TTENDIAN)".into());
+    }
+    let oas_bits = match get(idr5, idr::IDR5_OAS) {
+        0 => 32,
+        1 => 36,
+        2 => 40,
+        3 => 42,
+        4 => 44,
+        5 => 48,
+        6 => 52,
+        other => return Err(format!("unknown output address size IDR5.OAS={other}")),
+    };
+    if oas_bits < 64 && ram_end > 1u64 << oas_bits {
+        return Err(format!(
+            "guest RAM ends at {ram_end:#x}, beyond its {oas_bits}-bit output addresses"
+        ));
+    }
+    let (granule_4k, granule_16k, granule_64k) = (
+        get(idr5, idr::IDR5_GRAN4K) == 1,
+        get(idr5, idr::IDR5_GRAN16K) == 1,
+        get(idr5, idr::IDR5_GRAN64K) == 1,
+    );
+    if !(granule_4k || granule_16k || granule_64k) {
+        return Err("it reports no translation granule (IDR5.GRAN*)".into());
+    }
+    Ok(SmmuFeatures {
+        two_level_stream_table: get(idr0, idr::IDR0_ST_LEVEL) == 1,
+        sid_bits: GUEST_SID_BITS,
+        ssid_bits: (get(idr1, idr::IDR1_SSIDSIZE) as u8).min(MAX_SSID_BITS),
+        oas_bits,
+        granule_4k,
+        granule_16k,
+        granule_64k,
+        range_invalidation: get(idr3, idr::IDR3_RIL) == 1,
+        asid16: get(idr0, idr::IDR0_ASID16) == 1,
+        two_level_cd_table: get(idr0, idr::IDR0_CD2L) == 1,
+        stall_model: get(idr0, idr::IDR0_STALL_MODEL) as u8,
+        repeat_tlbi_cfgi: host.flags & 1 != 0,
+    })
 }
 
 /// Where a bridge's windows go and how its interrupts are numbered, per architecture.
@@ -77,13 +244,18 @@ pub const FIRST_DEVICE_SLOT: u8 = 1;
 
 /// The PCI host bridges: every declared bridge and every bridge a device names, each its own
 /// segment numbered by its id, with fixed windows per id so adding a bridge moves no other.
-fn pci_topology(config: &VmConfig, arch: HostArch, devices: &[HostDevice]) -> Vec<PciBridge> {
+fn pci_topology(
+    config: &VmConfig,
+    arch: HostArch,
+    devices: &[HostDevice],
+    bridge_of: &[u16],
+) -> Vec<PciBridge> {
     let layout = pci_layout(arch);
     let ids: BTreeSet<u16> = config
         .pci_bridges
         .iter()
         .map(|b| b.id)
-        .chain(config.devices.iter().map(|d| d.bridge))
+        .chain(bridge_of.iter().copied())
         .collect();
     let slot32 = layout.mmio32.size / u64::from(layout.max_bridges);
     let slot64 = layout.mmio64_region.size / u64::from(layout.max_bridges);
@@ -103,7 +275,7 @@ fn pci_topology(config: &VmConfig, arch: HostArch, devices: &[HostDevice]) -> Ve
                 .devices
                 .iter()
                 .enumerate()
-                .filter(|(_, d)| d.bridge == id)
+                .filter(|(i, _)| bridge_of[*i] == id)
                 .enumerate()
                 .map(|(n, (index, _))| {
                     let device = FIRST_DEVICE_SLOT + n as u8;
@@ -233,7 +405,7 @@ mod tests {
     fn aarch64_plan_follows_the_config() {
         let mut c = config(4, 256);
         c.boot = Some(BootMode::Acpi);
-        let p = platform(&c, HostArch::Aarch64, &[]);
+        let p = platform(&c, HostArch::Aarch64, &HostDescription::default()).unwrap();
         assert_eq!(p.firmware, FirmwareInterface::Acpi);
         assert_eq!(p.memory_size(), 256 << 20);
         assert_eq!(p.memory[0].base, arch::aarch64::layout::RAM_BASE);
@@ -251,7 +423,7 @@ mod tests {
     fn x86_plan_splits_memory_and_has_no_serial_when_disabled() {
         let mut c = config(2, 4096);
         c.serial = SerialConfig::None;
-        let p = platform(&c, HostArch::X86_64, &[]);
+        let p = platform(&c, HostArch::X86_64, &HostDescription::default()).unwrap();
         assert_eq!(p.memory.len(), 2);
         assert_eq!(p.memory_size(), 4 << 30);
         assert!(p.serial.is_none());
@@ -267,7 +439,7 @@ mod tests {
             .map(|s| s.parse().unwrap())
             .collect();
         c.pci_bridges = vec!["id=5,mmio64=8G".parse().unwrap()];
-        let p = platform(&c, HostArch::Aarch64, &[]);
+        let p = platform(&c, HostArch::Aarch64, &HostDescription::default()).unwrap();
         let segments: Vec<u16> = p.pci_bridges.iter().map(|b| b.segment).collect();
         assert_eq!(segments, [0, 2, 5]);
         let b0 = &p.pci_bridges[0];
@@ -303,7 +475,7 @@ mod tests {
     fn x86_topology_shares_intx_pins_and_has_no_msi_ids() {
         let mut c = config(1, 256);
         c.devices = vec!["vfio=02:00.0,bridge=1".parse().unwrap()];
-        let p = platform(&c, HostArch::X86_64, &[]);
+        let p = platform(&c, HostArch::X86_64, &HostDescription::default()).unwrap();
         let b = &p.pci_bridges[0];
         assert_eq!(b.msi_base, 0);
         assert_eq!(b.intx, [20, 21, 22, 23]);

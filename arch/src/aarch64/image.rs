@@ -282,11 +282,9 @@ fn copy_image<M: GuestMemory>(
 
 /// Places the device tree, the firmware tables and the initrd top-down at the end of `ram`, clear
 /// of the kernel.
-pub fn boot_layout(
-    ram: GuestRange,
-    kernel: &KernelLoad,
-    initrd_size: Option<u64>,
-) -> Result<BootLayout, ImageError> {
+/// Where the device tree and the firmware tables go in `ram`, whatever the kernel: (fdt,
+/// firmware tables). `boot_layout` uses it; plan dumps use it to build the same tables.
+pub fn firmware_layout(ram: GuestRange) -> Result<(GuestRange, GuestRange), ImageError> {
     let ram_end = ram_end(ram)?;
     let no_room = |what, size| ImageError::NoRoom {
         what,
@@ -307,6 +305,22 @@ pub fn boot_layout(
         .filter(|&base| base >= ram.base)
         .map(|base| GuestRange::new(base, FIRMWARE_TABLES_SIZE))
         .ok_or_else(|| no_room("firmware tables", FIRMWARE_TABLES_SIZE))?;
+    Ok((fdt, firmware_tables))
+}
+
+pub fn boot_layout(
+    ram: GuestRange,
+    kernel: &KernelLoad,
+    initrd_size: Option<u64>,
+) -> Result<BootLayout, ImageError> {
+    let ram_end = ram_end(ram)?;
+    let no_room = |what, size| ImageError::NoRoom {
+        what,
+        size,
+        ram_base: ram.base,
+        ram_end,
+    };
+    let (fdt, firmware_tables) = firmware_layout(ram)?;
     clear_of_kernel("device tree", fdt, kernel)?;
     clear_of_kernel("firmware tables", firmware_tables, kernel)?;
 

@@ -75,6 +75,8 @@ pub enum VmError {
     Bus(#[from] BusError),
     #[error(transparent)]
     Host(#[from] crate::host::HostError),
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
     #[error("passthrough")]
     Vfio(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("{step}")]
@@ -187,8 +189,9 @@ fn guest_memory(vm: &VmFd, regions: &[GuestRange]) -> Result<GuestMemoryMmap, Vm
 
 /// Builds the VM the configuration describes.
 pub fn build(config: &VmConfig, exit: Arc<ExitSignal>) -> Result<Vm, VmError> {
-    let hosts = crate::host::Host::default().probe(&config.devices)?;
-    let mut platform = plan::platform(config, HostArch::current(), &hosts);
+    let host = crate::host::Host::default().describe(config)?;
+    let mut platform = plan::platform(config, HostArch::current(), &host)?;
+    let hosts = host.devices;
     let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
     let vm = Arc::new(guest::create_vm(&kvm)?);
     let memory = guest_memory(&vm, &platform.memory)?;

@@ -1,0 +1,275 @@
+//! `--dry-run` with `--host-description`: plans for hosts this machine is not, checked through the
+//! binary's JSON output and the tables `--dump-platform` writes.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn host(name: &str) -> String {
+    repo()
+        .join("vmm/tests/hosts")
+        .join(name)
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+fn microvmm(args: &[&str]) -> std::process::Output {
+    let binary = env!("CARGO_BIN_EXE_microvmm");
+    let runner: Vec<&str> = option_env!("MICROVMM_AARCH64_TEST_RUNNER")
+        .filter(|_| cfg!(target_arch = "aarch64"))
+        .map(|r| r.split_whitespace().collect())
+        .filter(|r: &Vec<&str>| {
+            r.first()
+                .is_some_and(|p| Path::new("/usr/bin").join(p).exists())
+        })
+        .unwrap_or_default();
+    let mut command = match runner.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(binary);
+            c
+        }
+        None => Command::new(binary),
+    };
+    command.args(args).output().unwrap()
+}
+
+/// The nested-smmuv3 plan for a described host, or None where this binary plans x86 guests.
+fn nested_plan(host_file: &str, devices: &[&str]) -> Option<Value> {
+    if !cfg!(target_arch = "aarch64") {
+        return None;
+    }
+    let kernel = repo().join("Cargo.toml");
+    let mut args = vec![
+        "--kernel".to_string(),
+        kernel.to_str().unwrap().to_string(),
+        "--iommu".into(),
+        "nested-smmuv3".into(),
+        "--dry-run".into(),
+        "--host-description".into(),
+        host(host_file),
+    ];
+    for d in devices {
+        args.push("--device".into());
+        args.push(format!("vfio={d}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = microvmm(&args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+fn smmus(plan: &Value) -> Vec<(u64, String)> {
+    plan["platform"]["smmus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["segment"].as_u64().unwrap(),
+                s["host_smmu"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn bridges(plan: &Value) -> Vec<(u64, Vec<String>)> {
+    plan["platform"]["pci_bridges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            let labels = b["functions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["label"].as_str().unwrap().to_string())
+                .collect();
+            (b["segment"].as_u64().unwrap(), labels)
+        })
+        .collect()
+}
+
+#[test]
+fn one_host_smmu_with_two_devices_gets_one_vsmmu() {
+    let Some(plan) = nested_plan(
+        "one-smmu-two-devices.json",
+        &["0000:02:00.0", "0000:03:00.0"],
+    ) else {
+        return;
+    };
+    assert_eq!(smmus(&plan), [(0, "smmu3.0x000000000c000000".to_string())]);
+    assert_eq!(
+        bridges(&plan),
+        [(
+            0,
+            vec!["0000:02:00.0".to_string(), "0000:03:00.0".to_string()]
+        )]
+    );
+    let features = &plan["platform"]["smmus"][0]["features"];
+    assert_eq!(features["oas_bits"], 44);
+    assert_eq!(features["two_level_stream_table"], true);
+    assert_eq!(features["range_invalidation"], true);
+}
+
+#[test]
+fn three_host_smmus_get_three_vsmmus_on_three_bridges() {
+    let Some(plan) = nested_plan(
+        "three-smmus.json",
+        &["0000:02:00.0", "0000:09:00.0", "0000:11:00.0"],
+    ) else {
+        return;
+    };
+    let s = smmus(&plan);
+    assert_eq!(s.len(), 3);
+    assert_eq!(s.iter().map(|(seg, _)| *seg).collect::<Vec<_>>(), [0, 1, 2]);
+    let regs: Vec<u64> = plan["platform"]["smmus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["registers"]["base"].as_u64().unwrap())
+        .collect();
+    assert!(
+        regs.windows(2).all(|w| w[1] >= w[0] + 0x2_0000),
+        "{regs:x?}"
+    );
+    assert_eq!(bridges(&plan).len(), 3);
+}
+
+#[test]
+fn devices_behind_no_smmu_get_a_bridge_without_vsmmu() {
+    let Some(plan) = nested_plan(
+        "mixed.json",
+        &["0000:02:00.0", "0000:05:00.0", "0000:09:00.0"],
+    ) else {
+        return;
+    };
+    assert_eq!(smmus(&plan).len(), 2);
+    assert_eq!(
+        bridges(&plan),
+        [
+            (0, vec!["0000:02:00.0".to_string()]),
+            (1, vec!["0000:09:00.0".to_string()]),
+            (2, vec!["0000:05:00.0".to_string()]),
+        ]
+    );
+}
+
+#[test]
+fn an_incompatible_host_smmu_is_refused_by_name() {
+    if !cfg!(target_arch = "aarch64") {
+        return;
+    }
+    let kernel = repo().join("Cargo.toml");
+    let out = microvmm(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--iommu",
+        "nested-smmuv3",
+        "--dry-run",
+        "--host-description",
+        &host("big-endian-smmu.json"),
+        "--device",
+        "vfio=0000:02:00.0",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("host SMMU smmu3.0x000000000c000000 (behind 0000:02:00.0) cannot back a nested vSMMUv3: it walks big-endian tables only"),
+        "{err}"
+    );
+}
+
+#[test]
+fn host_description_must_match_the_devices_and_needs_dry_run() {
+    let kernel = repo().join("Cargo.toml");
+    let k = kernel.to_str().unwrap();
+    let h = host("one-smmu-two-devices.json");
+    let out = microvmm(&[
+        "--kernel",
+        k,
+        "--host-description",
+        &h,
+        "--device",
+        "vfio=0000:02:00.0",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("it needs --dry-run"));
+    let out = microvmm(&[
+        "--kernel",
+        k,
+        "--dry-run",
+        "--host-description",
+        &h,
+        "--device",
+        "vfio=0000:02:00.0",
+        "--device",
+        "vfio=0000:07:00.0",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("devices[1] is 0000:03:00.0, but the configuration names 0000:07:00.0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn dump_platform_writes_the_plan_and_every_table() {
+    let dir = std::env::temp_dir().join(format!("microvmm-dump-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let kernel = repo().join("Cargo.toml");
+    let mut args = vec![
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--dump-platform",
+        dir.to_str().unwrap(),
+        "--dry-run",
+    ];
+    if cfg!(target_arch = "aarch64") {
+        args.extend(["--boot", "acpi"]);
+    }
+    let out = microvmm(&args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for want in [
+        "plan.json",
+        "APIC.aml",
+        "DSDT.aml",
+        "FACP.aml",
+        "RSDP.aml",
+        "XSDT.aml",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+    let plan: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("plan.json")).unwrap()).unwrap();
+    assert!(plan["platform"]["vcpus"].as_u64().is_some());
+    let _ = std::fs::remove_dir_all(&dir);
+}
