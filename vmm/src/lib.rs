@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod dump;
 pub mod host;
+pub mod nested;
 pub mod plan;
 pub mod vfio;
 pub mod vm;

@@ -142,7 +142,8 @@ class Run:
     def __init__(self, lab, s, log_root):
         self.lab, self.s = lab, s
         self.logs = os.path.join(log_root, s.name)
-        self.work = os.path.join(LAB_DIR, "runs", s.name)
+        # Per runner process, so two runs of one scenario (two checkouts) never share files.
+        self.work = os.path.join(LAB_DIR, "runs", str(os.getpid()), s.name)
 
     def disk_sha(self, name):
         return self.lab.disk(name)[1]
@@ -373,5 +374,6 @@ def main(argv):
             failed += 1
             print(f"FAIL {name}: {outcome.reason} ({took:.0f}s; logs in "
                   f"{os.path.join(opts.logs, name)})", flush=True)
+    shutil.rmtree(os.path.join(LAB_DIR, "runs", str(os.getpid())), ignore_errors=True)
     print(f"{passed} passed, {failed} failed", flush=True)
     return 0 if failed == 0 else 1

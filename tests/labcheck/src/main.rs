@@ -7,6 +7,7 @@
 //!   labcheck groups BDF[,BDF..] ...    each group behind one IOMMU, groups behind different ones
 //!   labcheck vfio BDF...               cdev bound to iommufd and attached to a mapped IOAS
 //!   labcheck nesting BDF...            the SMMUv3 nesting sequence on each device's SMMU
+//!   labcheck nested-backend BDF...     microvmm's nested vSMMU backend on each device's SMMU
 //!   labcheck kvm                       /dev/kvm creates a VM and a vCPU
 
 mod iommu;
@@ -17,8 +18,8 @@ use std::process::ExitCode;
 
 use sysfs::{Bdf, Sysfs};
 
-const USAGE: &str =
-    "usage: labcheck iommus | groups BDF[,BDF..]... | vfio BDF... | nesting BDF... | kvm";
+const USAGE: &str = "usage: labcheck iommus | groups BDF[,BDF..]... | vfio BDF... | nesting BDF... \
+     | nested-backend BDF... | kvm";
 
 /// The error and its causes on one line.
 fn chain(err: &dyn Error) -> String {
@@ -98,6 +99,7 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         "vfio" => per_device("vfio", rest, iommu::check_vfio),
         "nesting" => per_device("nesting", rest, iommu::check_nesting),
+        "nested-backend" => per_device("nested-backend", rest, iommu::check_nested_backend),
         "kvm" => {
             let kvm = kvm_ioctls::Kvm::new().map_err(|e| format!("opening /dev/kvm: {e}"))?;
             let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
