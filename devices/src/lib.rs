@@ -5,4 +5,5 @@ pub mod bus;
 pub mod pci;
 pub mod power;
 pub mod serial;
+pub mod smmuv3;
 pub mod vfio_pci;

@@ -1,0 +1,90 @@
+//! In-memory [`SmmuBackend`] and [`SmmuInterrupts`] that record every call, for tests of the
+//! model and of code that drives it. Clones share their state.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::backend::{
+    BackendError, EventBatch, SmmuBackend, SmmuInterrupts, SmmuIrq, StreamConfig,
+};
+use crate::pci::MsiMessage;
+
+#[derive(Debug, Default)]
+pub struct FakeBackendState {
+    /// Every `set_stream` call, in order.
+    pub stream_calls: Vec<(u32, StreamConfig)>,
+    /// Every `invalidate` call's commands, one entry per call.
+    pub invalidate_calls: Vec<Vec<[u64; 2]>>,
+    /// Batches `read_events` hands out, oldest first (then empty batches).
+    pub queued_events: VecDeque<EventBatch>,
+    /// `set_stream` fails for stage-1 configs (an STE the host kernel rejects).
+    pub refuse_stage1: bool,
+    /// `invalidate` applies at most this many commands.
+    pub invalidate_limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FakeBackend(Arc<Mutex<FakeBackendState>>);
+
+impl FakeBackend {
+    pub fn state(&self) -> MutexGuard<'_, FakeBackendState> {
+        self.0.lock().expect("fake backend lock poisoned")
+    }
+}
+
+impl SmmuBackend for FakeBackend {
+    fn set_stream(&mut self, sid: u32, config: StreamConfig) -> Result<(), BackendError> {
+        let mut state = self.state();
+        state.stream_calls.push((sid, config));
+        if state.refuse_stage1 && matches!(config, StreamConfig::Stage1 { .. }) {
+            return Err("stage 1 refused".into());
+        }
+        Ok(())
+    }
+
+    fn invalidate(&mut self, commands: &[[u64; 2]]) -> Result<usize, BackendError> {
+        let mut state = self.state();
+        state.invalidate_calls.push(commands.to_vec());
+        Ok(state
+            .invalidate_limit
+            .map_or(commands.len(), |limit| limit.min(commands.len())))
+    }
+
+    fn read_events(&mut self) -> Result<EventBatch, BackendError> {
+        Ok(self.state().queued_events.pop_front().unwrap_or_default())
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct FakeInterruptsState {
+    pub triggered: Vec<SmmuIrq>,
+    pub msis: Vec<MsiMessage>,
+    /// MSI writes outside RAM land only in this range (the ITS doorbell).
+    pub doorbell: Option<(u64, u64)>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FakeInterrupts(Arc<Mutex<FakeInterruptsState>>);
+
+impl FakeInterrupts {
+    pub fn state(&self) -> MutexGuard<'_, FakeInterruptsState> {
+        self.0.lock().expect("fake interrupts lock poisoned")
+    }
+}
+
+impl SmmuInterrupts for FakeInterrupts {
+    fn trigger(&mut self, irq: SmmuIrq) {
+        self.state().triggered.push(irq);
+    }
+
+    fn msi(&mut self, message: MsiMessage) -> bool {
+        let mut state = self.state();
+        let hit = state
+            .doorbell
+            .is_some_and(|(base, size)| message.address.wrapping_sub(base) < size);
+        if hit {
+            state.msis.push(message);
+        }
+        hit
+    }
+}
