@@ -238,6 +238,9 @@ fn pci_layout(arch: HostArch) -> PciLayout {
     }
 }
 
+/// Every bridge has one bus, its root bus, numbered 0 in its segment.
+pub const ROOT_BUS: u8 = 0;
+
 /// Devices sit directly on their bridge's root bus, in configuration order, from slot 1 (slot 0
 /// is the emulated host bridge).
 pub const FIRST_DEVICE_SLOT: u8 = 1;
@@ -281,11 +284,12 @@ fn pci_topology(
                     let device = FIRST_DEVICE_SLOT + n as u8;
                     let rid = u16::from(device) << 3;
                     PciFunction {
-                        bus: 0,
+                        bus: ROOT_BUS,
                         device,
                         function: 0,
                         rid,
-                        msi_device_id: msi_base + u32::from(rid),
+                        // Offset in the bridge's RID span, which starts at its first bus.
+                        msi_device_id: msi_base + u32::from(rid) - (u32::from(ROOT_BUS) << 8),
                         label: devices
                             .get(index)
                             .map_or_else(|| config.devices[index].vfio.clone(), |h| h.bdf.clone()),
@@ -294,8 +298,8 @@ fn pci_topology(
                 .collect();
             PciBridge {
                 segment: id,
-                bus_start: 0,
-                bus_end: 0,
+                bus_start: ROOT_BUS,
+                bus_end: ROOT_BUS,
                 ecam: GuestRange::new(
                     layout.ecam_region.base + index * layout.ecam_stride,
                     1 << 20,

@@ -2,8 +2,8 @@
 //! `Documentation/devicetree/bindings` and the arm64 booting protocol.
 //!
 //! [`device_tree`] checks the platform once, then calls one small function per node. Nodes
-//! reference each other through the fixed [`phandle`] numbers, so adding a node (the vSMMUv3s of
-//! a later issue) never renumbers another.
+//! reference each other through the fixed [`phandle`] numbers, so adding a node never renumbers
+//! another. [`check_smmus`] is the vSMMUv3 check the IORT encoder shares.
 
 use thiserror::Error;
 use vm_fdt::FdtWriter;
@@ -12,7 +12,7 @@ use super::image::FDT_MAX_SIZE;
 use super::layout;
 use crate::platform::{
     ArchTimer, FirmwareInterface, GuestArch, GuestRange, InterruptController, PciBridge, Platform,
-    PowerControl, RegisterSpace,
+    PowerControl, RegisterSpace, VirtualSmmu,
 };
 
 /// Phandles, fixed per node so that nodes added later never renumber earlier ones.
@@ -67,7 +67,6 @@ const PCI_DEVICE_SHIFT: u32 = 11;
 /// keeps the low two device-number bits and the pin.
 const PCI_SWIZZLE_SLOTS: u32 = 4;
 const PCI_INTERRUPT_MAP_MASK: [u32; 4] = [(PCI_SWIZZLE_SLOTS - 1) << PCI_DEVICE_SHIFT, 0, 0, 0x7];
-/// Requester IDs are 16 bits: `msi-map` and `iommu-map` cover all of them.
 /// One MiB of ECAM per bus.
 const ECAM_BUS_SHIFT: u32 = 20;
 
@@ -127,6 +126,8 @@ pub enum FdtError {
     },
     #[error("PCI segment {0} is described twice")]
     PciDuplicateSegment(u16),
+    #[error(transparent)]
+    Smmu(#[from] SmmuError),
     #[error("initrd {base:#x}+{size:#x} wraps around the address space")]
     InitrdWraps { base: u64, size: u64 },
     #[error("the device tree is {0} bytes, above the boot protocol's {FDT_MAX_SIZE} bytes")]
@@ -167,15 +168,185 @@ impl PcieHost<'_> {
     }
 }
 
-/// Where a PCIe host bridge's requester IDs go for DMA translation: `iommu-map = <0 &iommu
-/// stream_id_base 0x10000>`. The vSMMUv3 issue fills it from the plan (one SMMU per bridge, at
-/// [`phandle::smmu`]); until then every bridge gets `None`.
+/// Where a PCIe host bridge's requester IDs go for DMA translation: `iommu-map = <rid_base
+/// &iommu stream_id_base rid_count>` over the bridge's RID span. Filled from the plan's vSMMU of
+/// the bridge's segment (at [`phandle::smmu`]); bridges without one get `None`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PcieIommu {
     /// The IOMMU node's phandle.
     pub phandle: u32,
-    /// The StreamID of RID 0; RID `r` has StreamID `stream_id_base + r`.
+    /// The StreamID of the bridge's first RID; RID `rid_base + r` has StreamID
+    /// `stream_id_base + r`. A vSMMUv3's StreamID is the RID, so this is `rid_base`.
     pub stream_id_base: u32,
+}
+
+impl PcieIommu {
+    /// The `iommu-map` target of `bridge` behind vSMMUv3 `smmu`: StreamID = RID.
+    fn for_smmu(smmu: &VirtualSmmu, bridge: &PciBridge) -> Self {
+        PcieIommu {
+            phandle: phandle::smmu(smmu.index),
+            stream_id_base: bridge.rid_span().0,
+        }
+    }
+}
+
+/// A vSMMUv3 the device tree or the IORT cannot describe.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SmmuError {
+    #[error("vSMMUv3 {index}: PCI segment {segment} has no host bridge")]
+    NoBridge { index: u16, segment: u16 },
+    #[error("vSMMUv3 index {0} is used twice")]
+    DuplicateIndex(u16),
+    #[error("vSMMUv3s {first} and {second} both translate PCI segment {segment}")]
+    SharedBridge {
+        first: u16,
+        second: u16,
+        segment: u16,
+    },
+    #[error(
+        "vSMMUv3 {index}: register window {base:#x}+{size:#x} is not {:#x} bytes at a 64 KiB boundary",
+        layout::SMMU_REGISTERS_SIZE
+    )]
+    Registers { index: u16, base: u64, size: u64 },
+    #[error("vSMMUv3 {index}: register window {base:#x}+{size:#x} overlaps {other}")]
+    Overlap {
+        index: u16,
+        base: u64,
+        size: u64,
+        other: String,
+    },
+    #[error("vSMMUv3 {index}: SPI {spi} is beyond the GIC's {nr_irqs} interrupt IDs")]
+    SpiOutOfRange { index: u16, spi: u32, nr_irqs: u32 },
+    #[error("vSMMUv3 {index}: SPI {spi} is also {other}")]
+    SpiInUse { index: u16, spi: u32, other: String },
+    #[error("vSMMUv3 {index}: MSI window {base:#x}+{size:#x} is empty or not 64 KiB-aligned")]
+    MsiWindow { index: u16, base: u64, size: u64 },
+}
+
+/// SMMUv3 register pages and RMR ranges are 64 KiB-aligned (Linux warns about RMRs that are not).
+const SMMU_ALIGN: u64 = 0x1_0000;
+
+/// Checks the plan's vSMMUv3s against each other and the rest of `platform`: each translates an
+/// existing bridge of its own, its 128 KiB of registers are aligned and overlap nothing else
+/// the guest sees, its three SPIs exist and are nobody else's, and its MSI window can be an RMR.
+/// The device tree and the IORT both call it, so the two never describe different SMMUs.
+pub(crate) fn check_smmus(platform: &Platform, nr_irqs: u32) -> Result<(), SmmuError> {
+    let mut windows: Vec<(String, GuestRange)> = Vec::new();
+    if let InterruptController::GicV3 {
+        distributor,
+        redistributors,
+        its,
+        ..
+    } = platform.interrupt_controller
+    {
+        windows.push(("the GIC distributor".into(), distributor));
+        windows.push(("the GIC redistributors".into(), redistributors));
+        windows.push(("the GIC ITS".into(), its));
+    }
+    let mut spis: Vec<(String, u32)> = Vec::new();
+    if let Some(serial) = platform.serial {
+        if let RegisterSpace::Mmio(base) = serial.registers {
+            windows.push(("the UART".into(), GuestRange::new(base, UART_REG_SIZE)));
+        }
+        spis.push(("the UART's".into(), serial.irq));
+    }
+    for range in &platform.memory {
+        windows.push(("guest RAM".into(), *range));
+    }
+    for bridge in &platform.pci_bridges {
+        let segment = bridge.segment;
+        windows.push((format!("PCI segment {segment}'s ECAM"), bridge.ecam));
+        windows.push((
+            format!("PCI segment {segment}'s 32-bit window"),
+            bridge.mmio32,
+        ));
+        windows.push((
+            format!("PCI segment {segment}'s 64-bit window"),
+            bridge.mmio64,
+        ));
+        for &spi in &bridge.intx {
+            spis.push((format!("PCI segment {segment}'s INTx"), spi));
+        }
+    }
+
+    for (i, smmu) in platform.smmus.iter().enumerate() {
+        let index = smmu.index;
+        let earlier = &platform.smmus[..i];
+        if earlier.iter().any(|s| s.index == index) {
+            return Err(SmmuError::DuplicateIndex(index));
+        }
+        if !platform
+            .pci_bridges
+            .iter()
+            .any(|b| b.segment == smmu.segment)
+        {
+            return Err(SmmuError::NoBridge {
+                index,
+                segment: smmu.segment,
+            });
+        }
+        if let Some(first) = earlier.iter().find(|s| s.segment == smmu.segment) {
+            return Err(SmmuError::SharedBridge {
+                first: first.index,
+                second: index,
+                segment: smmu.segment,
+            });
+        }
+        let regs = smmu.registers;
+        if regs.size != layout::SMMU_REGISTERS_SIZE
+            || !regs.base.is_multiple_of(SMMU_ALIGN)
+            || regs.base.checked_add(regs.size).is_none()
+        {
+            return Err(SmmuError::Registers {
+                index,
+                base: regs.base,
+                size: regs.size,
+            });
+        }
+        if let Some((other, _)) = windows.iter().find(|(_, w)| w.overlaps(&regs)) {
+            return Err(SmmuError::Overlap {
+                index,
+                base: regs.base,
+                size: regs.size,
+                other: other.clone(),
+            });
+        }
+        windows.push((format!("vSMMUv3 {index}'s registers"), regs));
+
+        let own = [smmu.event_irq, smmu.gerror_irq, smmu.sync_irq];
+        for (k, &spi) in own.iter().enumerate() {
+            if u64::from(spi) + u64::from(SPI_BASE) >= u64::from(nr_irqs) {
+                return Err(SmmuError::SpiOutOfRange {
+                    index,
+                    spi,
+                    nr_irqs,
+                });
+            }
+            let other = spis
+                .iter()
+                .find(|(_, s)| *s == spi)
+                .map(|(other, _)| other.clone())
+                .or_else(|| own[..k].contains(&spi).then(|| "its own".to_owned()));
+            if let Some(other) = other {
+                return Err(SmmuError::SpiInUse { index, spi, other });
+            }
+        }
+        spis.extend(own.map(|spi| (format!("vSMMUv3 {index}'s"), spi)));
+
+        let msi = smmu.msi_window;
+        if msi.size == 0
+            || !msi.base.is_multiple_of(SMMU_ALIGN)
+            || !msi.size.is_multiple_of(SMMU_ALIGN)
+            || msi.base.checked_add(msi.size).is_none()
+        {
+            return Err(SmmuError::MsiWindow {
+                index,
+                base: msi.base,
+                size: msi.size,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The parts of the platform the device tree needs, checked once so node functions only encode.
@@ -185,6 +356,8 @@ struct Machine<'a> {
     timer: ArchTimer,
     uart: Option<Uart>,
     pcie: Vec<PcieHost<'a>>,
+    /// In index order (phandle order).
+    smmus: Vec<&'a VirtualSmmu>,
 }
 
 impl<'a> Machine<'a> {
@@ -276,6 +449,9 @@ impl<'a> Machine<'a> {
                 return Err(FdtError::PciDuplicateSegment(segment));
             }
         }
+        check_smmus(platform, nr_irqs)?;
+        let mut smmus: Vec<&VirtualSmmu> = platform.smmus.iter().collect();
+        smmus.sort_by_key(|s| s.index);
         Ok(Machine {
             platform,
             gic: Gic {
@@ -287,7 +463,16 @@ impl<'a> Machine<'a> {
             timer,
             uart,
             pcie,
+            smmus,
         })
+    }
+
+    /// The `iommu-map` of a bridge: its segment's vSMMUv3, if it has one.
+    fn pcie_iommu(&self, bridge: &PciBridge) -> Option<PcieIommu> {
+        self.smmus
+            .iter()
+            .find(|s| s.segment == bridge.segment)
+            .map(|smmu| PcieIommu::for_smmu(smmu, bridge))
     }
 }
 
@@ -356,8 +541,11 @@ pub fn device_tree(platform: &Platform) -> Result<Vec<u8>, FdtError> {
     if let Some(uart) = &machine.uart {
         serial_node(&mut fdt, uart)?;
     }
+    for smmu in &machine.smmus {
+        smmu_node(&mut fdt, smmu)?;
+    }
     for host in &machine.pcie {
-        pcie_node(&mut fdt, host, None)?;
+        pcie_node(&mut fdt, host, machine.pcie_iommu(host.bridge).as_ref())?;
     }
     aliases_node(&mut fdt, &machine)?;
     chosen_node(&mut fdt, &machine)?;
@@ -490,6 +678,33 @@ fn serial_node(fdt: &mut FdtWriter, uart: &Uart) -> Result<(), FdtError> {
     Ok(())
 }
 
+/// bindings/iommu/arm,smmu-v3.yaml: a vSMMUv3 with its three wired interrupts, edge-triggered
+/// (microvmm raises them through irqfds, as the binding's own example has them), no `priq` (no
+/// PRI) and no `msi-parent` (the model does not offer MSIs, IDR0.MSI = 0); one `#iommu-cells`,
+/// the StreamID, which is the RID. Coherent: the model walks guest RAM through the host's caches.
+/// DT guests lack the IORT RMR (no upstream DT binding ties an identity map to a PCI function's
+/// StreamID without a node per function): nothing tells them to identity-map the host MSI window
+/// in stage 1, so a function's MSIs fault once its guest domain translates (identity works).
+fn smmu_node(fdt: &mut FdtWriter, smmu: &VirtualSmmu) -> Result<(), FdtError> {
+    let node = fdt.begin_node(&format!("iommu@{:x}", smmu.registers.base))?;
+    fdt.property_string("compatible", "arm,smmu-v3")?;
+    reg_property(fdt, &[smmu.registers])?;
+    let cells: Vec<u32> = [smmu.event_irq, smmu.gerror_irq, smmu.sync_irq]
+        .into_iter()
+        .flat_map(|spi| [GIC_SPI, spi, IRQ_TYPE_EDGE_RISING])
+        .collect();
+    fdt.property_array_u32("interrupts", &cells)?;
+    fdt.property_string_list(
+        "interrupt-names",
+        vec!["eventq".into(), "gerror".into(), "cmdq-sync".into()],
+    )?;
+    fdt.property_u32("#iommu-cells", 1)?;
+    fdt.property_null("dma-coherent")?;
+    fdt.property_phandle(phandle::smmu(smmu.index))?;
+    fdt.end_node(node)?;
+    Ok(())
+}
+
 /// bindings/pci/host-generic-pci.yaml: one ECAM host bridge per segment, devices on its root bus.
 /// Memory windows are identity-mapped (PCI address = CPU address) and there is no I/O window.
 /// INTx is level-triggered, active high, as a GIC SPI must be: the VMM asserts the line through a
@@ -595,7 +810,7 @@ mod tests {
     use std::process::{Command, Stdio};
 
     use super::*;
-    use crate::acpi::testutil::{aarch64_pci_bridges, fnv1a};
+    use crate::acpi::testutil::{aarch64_pci_bridges, aarch64_smmus, fnv1a};
     use crate::platform::SerialPort;
 
     /// A device tree decoded by dtc: node path -> properties in order, each as dtc prints its
@@ -1071,33 +1286,33 @@ mod tests {
             assert_eq!(pcie.len(), usize::from(n));
             for bridge in &p.pci_bridges {
                 let path = format!("/pcie@{:x}", bridge.ecam.base);
-                check_pcie_node(&dts, &path, bridge);
+                check_pcie_node(&dts, &path, bridge, None);
             }
         }
     }
 
     /// Every property of one host bridge node, computed here from the bridge independently of
-    /// the encoder.
-    fn check_pcie_node(dts: &Dts, path: &str, bridge: &PciBridge) {
-        assert_eq!(
-            dts.prop_names(path),
-            [
-                "compatible",
-                "device_type",
-                "reg",
-                "bus-range",
-                "linux,pci-domain",
-                "#address-cells",
-                "#size-cells",
-                "ranges",
-                "msi-map",
-                "dma-coherent",
-                "#interrupt-cells",
-                "interrupt-map-mask",
-                "interrupt-map"
-            ],
-            "{path}"
-        );
+    /// the encoder; `iommu` is the phandle its `iommu-map` must name, if it has one.
+    fn check_pcie_node(dts: &Dts, path: &str, bridge: &PciBridge, iommu: Option<u32>) {
+        let mut names = vec![
+            "compatible",
+            "device_type",
+            "reg",
+            "bus-range",
+            "linux,pci-domain",
+            "#address-cells",
+            "#size-cells",
+            "ranges",
+            "msi-map",
+            "dma-coherent",
+            "#interrupt-cells",
+            "interrupt-map-mask",
+            "interrupt-map",
+        ];
+        if iommu.is_some() {
+            names.insert(9, "iommu-map");
+        }
+        assert_eq!(dts.prop_names(path), names, "{path}");
         assert_eq!(dts.get(path, "compatible"), quoted("pci-host-ecam-generic"));
         assert_eq!(dts.get(path, "device_type"), quoted("pci"));
         let buses = u64::from(bridge.bus_end) - u64::from(bridge.bus_start) + 1;
@@ -1145,7 +1360,10 @@ mod tests {
                 bridge.rid_span().1
             ])
         );
-        assert_eq!(dts.prop(path, "iommu-map"), None);
+        // StreamID = RID over the whole RID span.
+        let (rid_base, rid_count) = bridge.rid_span();
+        let iommu_map = iommu.map(|phandle| cells(&[rid_base, phandle, rid_base, rid_count]));
+        assert_eq!(dts.prop(path, "iommu-map"), iommu_map.as_deref(), "{path}");
         assert_eq!(dts.get(path, "dma-coherent"), "");
         assert_eq!(dts.get(path, "#interrupt-cells"), cells(&[1]));
         assert_eq!(
@@ -1415,5 +1633,197 @@ mod tests {
         assert_ne!(dts.get("/cpus/cpu@0", "reg"), cells(&[0, 1]));
         assert_eq!(cells(&[0, 0x1c2000]), "<0x00 0x1c2000>");
         assert_eq!(cells64(&[0x1_0000_0002]), "<0x01 0x02>");
+    }
+
+    /// A DT platform with `bridges` bridges and vSMMUv3 `i` in front of `segments[i]`.
+    fn smmu_platform(bridges: u16, segments: &[u16]) -> Platform {
+        let mut p = pci_platform(2, bridges);
+        p.smmus = aarch64_smmus(segments);
+        p
+    }
+
+    const SMMU_CASES: [(u16, &[u16]); 4] = [(1, &[0]), (3, &[0, 1, 2]), (2, &[0]), (2, &[1])];
+
+    #[test]
+    fn vsmmu_nodes_and_iommu_maps_node_by_node() {
+        for (bridges, segments) in SMMU_CASES {
+            let p = smmu_platform(bridges, segments);
+            let what = format!("{bridges} bridges, vSMMUs on {segments:?}");
+            let dts = decode(&p);
+            let iommus: Vec<&str> = dts
+                .children("/")
+                .into_iter()
+                .filter(|c| c.starts_with("iommu@"))
+                .collect();
+            let expected: Vec<String> = (0..segments.len())
+                .map(|i| format!("iommu@{:x}", 0x0a00_0000 + i * 0x10_0000))
+                .collect();
+            assert_eq!(iommus, expected, "{what}");
+
+            for smmu in &p.smmus {
+                let path = format!("/iommu@{:x}", smmu.registers.base);
+                assert_eq!(
+                    dts.prop_names(&path),
+                    [
+                        "compatible",
+                        "reg",
+                        "interrupts",
+                        "interrupt-names",
+                        "#iommu-cells",
+                        "dma-coherent",
+                        "phandle"
+                    ],
+                    "{path}: no msi-parent, wired interrupts only"
+                );
+                assert_eq!(dts.get(&path, "compatible"), quoted("arm,smmu-v3"));
+                assert_eq!(
+                    dts.get(&path, "reg"),
+                    cells64(&[0x0a00_0000 + u64::from(smmu.index) * 0x10_0000, 0x2_0000])
+                );
+                let spi = 128 + 3 * u32::from(smmu.index);
+                assert_eq!(
+                    dts.get(&path, "interrupts"),
+                    cells(&[0, spi, 1, 0, spi + 1, 1, 0, spi + 2, 1]),
+                    "{path}: event, gerror, CMD_SYNC SPIs, edge rising"
+                );
+                assert_eq!(
+                    dts.get(&path, "interrupt-names"),
+                    "\"eventq\\0gerror\\0cmdq-sync\""
+                );
+                assert_eq!(dts.get(&path, "#iommu-cells"), cells(&[1]));
+                assert_eq!(dts.get(&path, "dma-coherent"), "");
+                assert_eq!(
+                    dts.get(&path, "phandle"),
+                    cells(&[0x100 + u32::from(smmu.index)])
+                );
+            }
+
+            for bridge in &p.pci_bridges {
+                let path = format!("/pcie@{:x}", bridge.ecam.base);
+                let smmu = p.smmus.iter().find(|s| s.segment == bridge.segment);
+                let phandle = smmu.map(|s| 0x100 + u32::from(s.index));
+                check_pcie_node(&dts, &path, bridge, phandle);
+                // The phandle names the vSMMU node of this segment.
+                if let Some(smmu) = smmu {
+                    let map = parse_cells(dts.get(&path, "iommu-map"));
+                    let target = format!("/iommu@{:x}", smmu.registers.base);
+                    assert_eq!(dts.get(&target, "phandle"), cells(&[map[1]]), "{what}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn vsmmus_add_only_their_nodes_and_iommu_maps() {
+        for (bridges, segments) in SMMU_CASES {
+            let plain = decode(&pci_platform(2, bridges));
+            let with = decode(&smmu_platform(bridges, segments));
+            for (path, props) in &plain.nodes {
+                let mut props = props.clone();
+                let theirs: Vec<(String, String)> = with
+                    .props(path)
+                    .iter()
+                    .filter(|(n, _)| n != "iommu-map")
+                    .cloned()
+                    .collect();
+                props.retain(|(n, _)| n != "iommu-map");
+                assert_eq!(theirs, props, "{path}");
+            }
+            let extra: Vec<&String> = with
+                .nodes
+                .keys()
+                .filter(|p| !plain.nodes.contains_key(*p))
+                .collect();
+            assert_eq!(extra.len(), segments.len());
+            assert!(extra.iter().all(|p| p.starts_with("/iommu@")), "{extra:?}");
+
+            // Every phandle is unique; iommu-maps name vSMMU nodes only.
+            let mut owners = BTreeMap::new();
+            for (path, props) in &with.nodes {
+                for (name, value) in props {
+                    if name == "phandle" {
+                        assert!(owners.insert(value.clone(), path.clone()).is_none());
+                    }
+                }
+            }
+            assert_eq!(owners.len(), 2 + segments.len());
+            for (path, props) in &with.nodes {
+                for (name, value) in props {
+                    if name == "iommu-map" {
+                        let target = &owners[&cells(&[parse_cells(value)[1]])];
+                        assert_eq!(
+                            with.get(target, "compatible"),
+                            quoted("arm,smmu-v3"),
+                            "{path}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bridges_without_vsmmus_tree_is_byte_identical_to_before() {
+        // Digests of these trees before vSMMU support; update only for an intended change.
+        for (n, len, digest) in [
+            (1u16, 2759, 0xbf97_d32d_2f54_ad4au64),
+            (3, 4711, 0xb174_2893_cd08_4365),
+        ] {
+            let mut p = crate::acpi::testutil::aarch64_platform(2);
+            p.firmware = FirmwareInterface::DeviceTree;
+            p.pci_bridges = aarch64_pci_bridges(n);
+            let blob = device_tree(&p).unwrap();
+            assert_eq!((blob.len(), fnv1a(&blob)), (len, digest), "{n} bridges");
+        }
+    }
+
+    #[test]
+    fn rejects_vsmmus_it_cannot_describe() {
+        let check = |edit: &dyn Fn(&mut Platform), want: &dyn Fn(&SmmuError) -> bool| {
+            let mut p = smmu_platform(3, &[0, 1]);
+            edit(&mut p);
+            match device_tree(&p) {
+                Err(FdtError::Smmu(e)) => {
+                    assert!(want(&e), "unexpected {e:?}");
+                    assert!(e.to_string().starts_with("vSMMUv3"), "{e}");
+                }
+                other => panic!("expected a vSMMU error, got {other:?}"),
+            }
+        };
+        check(&|p| p.smmus[0].segment = 3, &|e| {
+            matches!(
+                e,
+                SmmuError::NoBridge {
+                    index: 0,
+                    segment: 3
+                }
+            )
+        });
+        check(&|p| drop(p.pci_bridges.remove(1)), &|e| {
+            matches!(
+                e,
+                SmmuError::NoBridge {
+                    index: 1,
+                    segment: 1
+                }
+            )
+        });
+        check(
+            &|p| p.smmus[0].registers.base = p.smmus[1].registers.base,
+            &|e| matches!(e, SmmuError::Overlap { index: 1, .. }),
+        );
+        check(
+            &|p| p.smmus[1].registers.base = p.pci_bridges[0].mmio32.base,
+            &|e| matches!(e, SmmuError::Overlap { index: 1, other, .. } if other == "PCI segment 0's 32-bit window"),
+        );
+        check(&|p| p.smmus[0].event_irq = layout::GIC_NR_IRQS, &|e| {
+            matches!(e, SmmuError::SpiOutOfRange { index: 0, .. })
+        });
+        check(
+            &|p| p.smmus[1].gerror_irq = p.pci_bridges[0].intx[0],
+            &|e| matches!(e, SmmuError::SpiInUse { index: 1, .. }),
+        );
+        // The same platform without the edit is fine.
+        device_tree(&smmu_platform(3, &[0, 1])).unwrap();
     }
 }

@@ -1,17 +1,19 @@
 //! The aarch64 tables: a hardware-reduced FADT with PSCI through HVC, the DSDT, a GICv3 MADT,
-//! the GTDT, the SPCR, the MCFG and, with PCI, the IORT.
+//! the GTDT, the SPCR, the MCFG and, with PCI, the IORT (with an SMMUv3 and an RMR node per
+//! vSMMUv3).
 
 use acpi_tables::aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::{Aml, AmlSink};
 
 use super::encode::{self, RawAml};
-use super::iort::{IdMapping, Iort, Node};
+use super::iort::{self, IdMapping, Iort, Node, NodeRef};
 use super::pci::{self, PciHost};
 use super::{AcpiError, ArchTables, Encoded, OEM_ID, OEM_REVISION, OEM_TABLE_ID};
-use crate::aarch64::layout;
+use crate::aarch64::{fdt, layout};
 use crate::platform::{
-    ArchTimer, GuestArch, GuestRange, InterruptController, Platform, PowerControl, RegisterSpace,
+    ArchTimer, GuestArch, GuestRange, InterruptController, PciBridge, Platform, PowerControl,
+    RegisterSpace, VirtualSmmu,
 };
 
 /// PPIs are interrupt IDs 16..32, SPIs start at 32: a GSIV is the interrupt ID (§5.2.12.14).
@@ -88,6 +90,8 @@ struct Machine<'a> {
     timer: ArchTimer,
     uart: Option<Uart>,
     pci: Vec<PciHost<'a>>,
+    /// Checked by [`fdt::check_smmus`], in index order (IORT node order).
+    smmus: Vec<&'a VirtualSmmu>,
 }
 
 impl<'a> Machine<'a> {
@@ -196,6 +200,9 @@ impl<'a> Machine<'a> {
                 },
             )
         })?;
+        fdt::check_smmus(platform, nr_irqs)?;
+        let mut smmus: Vec<&VirtualSmmu> = platform.smmus.iter().collect();
+        smmus.sort_by_key(|s| s.index);
 
         Ok(Machine {
             vcpus: platform.vcpus,
@@ -208,7 +215,16 @@ impl<'a> Machine<'a> {
             timer,
             uart,
             pci,
+            smmus,
         })
+    }
+
+    /// The vSMMUv3 in front of `bridge`, if any.
+    fn smmu_of(&self, bridge: &PciBridge) -> Option<&'a VirtualSmmu> {
+        self.smmus
+            .iter()
+            .copied()
+            .find(|s| s.segment == bridge.segment)
     }
 }
 
@@ -220,7 +236,7 @@ pub(super) fn tables(platform: &Platform) -> Result<ArchTables, AcpiError> {
     }
     listed.push(super::mcfg(&super::ecam_windows(&machine.pci)));
     if !machine.pci.is_empty() {
-        listed.push(iort(&machine.pci));
+        listed.push(iort(&machine));
     }
     Ok(ArchTables {
         dsdt: dsdt(&machine),
@@ -247,7 +263,8 @@ fn dsdt(machine: &Machine) -> Encoded {
         devices.push(uart_device(uart));
     }
     for host in &machine.pci {
-        devices.push(pci::root_bridge_device(host, true));
+        let preserve_config = machine.smmu_of(host.bridge).is_some();
+        devices.push(pci::root_bridge_device(host, true, preserve_config));
     }
     let aml = encode::system_bus(&devices);
     encode::table(*b"DSDT", DSDT_REVISION, &aml.0)
@@ -306,28 +323,119 @@ fn madt(machine: &Machine) -> Encoded {
     encode::table(*b"APIC", MADT_REVISION, &body)
 }
 
-/// The ITS group (the MADT's one ITS) and a root complex per host bridge, each mapping all RIDs
-/// to ITS device IDs `msi_base + RID`, as the device tree's `msi-map` does. The vSMMUv3 issue
-/// adds an SMMUv3 node per bridge between the two (RC -> SMMU StreamIDs, SMMU -> ITS).
-fn iort(hosts: &[PciHost]) -> Encoded {
-    let mut iort = Iort::new();
-    let its = iort.add(Node::ItsGroup {
+/// The ITS group (the MADT's one ITS), an SMMUv3 node per vSMMUv3, a root complex per host
+/// bridge and an RMR node per vSMMUv3, in that order; SMMUv3 nodes in index order, so with the
+/// plan's indices 0..n vSMMUv3 `i` is node identifier `1 + i`.
+///
+/// A bridge without a vSMMUv3 maps its RIDs straight to ITS device IDs `msi_base + RID -
+/// rid_base`, as the device tree's `msi-map` does. A bridge with one maps its RIDs to the same
+/// StreamIDs at the SMMU, and the SMMU maps those to the same device IDs as without it, so MSI
+/// routing (KVM's, the plan's `msi_device_id`) does not depend on the IOMMU.
+fn iort(machine: &Machine) -> Encoded {
+    let mut table = Iort::new();
+    let its = table.add(Node::ItsGroup {
         its_ids: vec![GIC_ITS_ID],
     });
-    for host in hosts {
-        let (rid_base, rid_count) = host.bridge.rid_span();
-        iort.add(Node::RootComplex {
-            segment: host.bridge.segment,
+    // check_smmus gave every vSMMUv3 a bridge of its own; in vSMMUv3 index order.
+    let mut behind: Vec<(&VirtualSmmu, &PciBridge)> = machine
+        .pci
+        .iter()
+        .filter_map(|h| Some((machine.smmu_of(h.bridge)?, h.bridge)))
+        .collect();
+    behind.sort_by_key(|(smmu, _)| smmu.index);
+    let mut smmu_nodes: Vec<(&VirtualSmmu, &PciBridge, NodeRef)> = Vec::new();
+    for (smmu, bridge) in behind {
+        let (rid_base, rid_count) = bridge.rid_span();
+        let node = table.add(smmu_v3_node(
+            smmu,
+            IdMapping {
+                input_base: rid_base,
+                count: rid_count,
+                output_base: bridge.msi_base,
+                output: its,
+            },
+        ));
+        smmu_nodes.push((smmu, bridge, node));
+    }
+    for host in &machine.pci {
+        let bridge = host.bridge;
+        let (rid_base, rid_count) = bridge.rid_span();
+        let behind = smmu_nodes
+            .iter()
+            .find(|(smmu, _, _)| smmu.segment == bridge.segment);
+        let (output_base, output) = match behind {
+            // StreamID = RID.
+            Some(&(_, _, smmu)) => (rid_base, smmu),
+            None => (bridge.msi_base, its),
+        };
+        table.add(Node::RootComplex {
+            segment: bridge.segment,
             ats: 0,
             mappings: vec![IdMapping {
                 input_base: rid_base,
                 count: rid_count,
-                output_base: host.bridge.msi_base,
-                output: its,
+                output_base,
+                output,
             }],
         });
     }
-    iort.encode()
+    for &(smmu, bridge, node) in &smmu_nodes {
+        if let Some(rmr) = rmr_node(smmu, bridge, node) {
+            table.add(rmr);
+        }
+    }
+    table.encode()
+}
+
+/// A vSMMUv3 as an IORT SMMUv3 node: its registers, coherent table walks, and its wired
+/// interrupts as GSIVs. It has no PRI queue, but E.d's revision 4 node can only say "no MSIs of
+/// its own, mapping 0 is for the streams" by giving all four GSIVs, so the PRI GSIV repeats the
+/// event queue's: Linux registers it as "priq" but requests it only for an SMMU with PRI.
+fn smmu_v3_node(smmu: &VirtualSmmu, to_its: IdMapping) -> Node {
+    let gsiv = |spi: u32| spi + SPI_BASE;
+    Node::Smmuv3 {
+        base: smmu.registers.base,
+        flags: iort::SMMU_V3_COHACC_OVERRIDE,
+        event_gsiv: gsiv(smmu.event_irq),
+        pri_gsiv: gsiv(smmu.event_irq),
+        gerror_gsiv: gsiv(smmu.gerror_irq),
+        sync_gsiv: gsiv(smmu.sync_irq),
+        mappings: vec![to_its],
+    }
+}
+
+/// The host MSI window as an RMR for the streams of `bridge`'s functions at vSMMUv3 `node`, so
+/// the guest identity-maps it in stage 1 (stage 2 maps it to the host's doorbell) and installs
+/// bypass STEs for those streams until it attaches domains. Remapping not permitted (the
+/// device's MSIs always go there: Linux makes it IOMMU_RESV_DIRECT, which also keeps the
+/// functions out of the guest's own VFIO), unprivileged, Device-nGnRE (a doorbell). Only the
+/// functions' StreamIDs, consecutive ones as one mapping, not the whole RID span: Linux builds
+/// a bypass STE for every StreamID an RMR names. `None` for a bridge without functions (Linux
+/// rejects an RMR without mappings).
+fn rmr_node(smmu: &VirtualSmmu, bridge: &PciBridge, node: NodeRef) -> Option<Node> {
+    let mut rids: Vec<u32> = bridge.functions.iter().map(|f| u32::from(f.rid)).collect();
+    rids.sort_unstable();
+    rids.dedup();
+    let mut mappings: Vec<IdMapping> = Vec::new();
+    for rid in rids {
+        match mappings.last_mut() {
+            Some(m) if m.input_base + m.count == rid => m.count += 1,
+            _ => mappings.push(IdMapping {
+                input_base: rid,
+                count: 1,
+                output_base: rid,
+                output: node,
+            }),
+        }
+    }
+    if mappings.is_empty() {
+        return None;
+    }
+    Some(Node::Rmr {
+        flags: iort::RMR_ATTR_DEVICE_NGNRE << iort::RMR_ATTR_SHIFT,
+        ranges: vec![(smmu.msi_window.base, smmu.msi_window.size)],
+        mappings,
+    })
 }
 
 /// One GICC structure (ACPI 6.3 layout). With GICv3 the CPU interface is system registers, so

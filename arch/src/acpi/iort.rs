@@ -1,10 +1,11 @@
 //! The IO Remapping Table (Arm DEN 0049E.d, table revision 5): how requester IDs of PCI root
-//! complexes reach the GIC ITS (and, with the vSMMUv3 issue, the SMMUs on the way).
+//! complexes reach the GIC ITS, through an SMMUv3 where the bridge has one, and which memory
+//! ranges an SMMU's streams must keep identity-mapped (RMR).
 //!
 //! [`Iort`] is a node graph: adding a node returns a [`NodeRef`], ID mappings name their output
 //! node by it, and [`Iort::encode`] lays the nodes out and turns references into byte offsets.
-//! New node kinds (SMMUv3, RMR) are new [`Node`] variants with their own body encoder; RC -> SMMU
-//! -> ITS chains are just mappings whose output is the SMMU's [`NodeRef`].
+//! Each [`Node`] variant has its own body encoder; RC -> SMMU -> ITS chains are just mappings
+//! whose output is the SMMU's [`NodeRef`].
 
 use acpi_tables::AmlSink;
 
@@ -19,9 +20,18 @@ const IORT_FIXED_LEN: usize = HEADER_LEN + 12;
 /// Node types (E.d table 4) and the revisions issue E.d gives them.
 pub const NODE_ITS_GROUP: u8 = 0;
 pub const NODE_ROOT_COMPLEX: u8 = 2;
+pub const NODE_SMMU_V3: u8 = 4;
+pub const NODE_RMR: u8 = 6;
 const ITS_GROUP_REVISION: u8 = 1;
 /// Root complex revision 3: the 36-byte layout with PASID capabilities (E.e's Flags is rev 4).
 const ROOT_COMPLEX_REVISION: u8 = 3;
+/// SMMUv3 revision 4 (E.d; E.e's DeviceID-valid flag is rev 5). In a revision 4 node the DeviceID
+/// mapping index is ignored only when all four GSIVs are non-zero (Linux
+/// `iort_get_id_mapping_index`); otherwise mapping 0 would be taken for the SMMU's own MSIs and
+/// skipped when routing the StreamIDs to the ITS.
+const SMMU_V3_REVISION: u8 = 4;
+/// RMR revision 3: E.d's flags with memory access attributes (revision 2 was E.c's, deprecated).
+const RMR_REVISION: u8 = 3;
 
 /// Type, length, revision, identifier, mapping count, mapping array offset.
 pub const NODE_HEADER_LEN: usize = 16;
@@ -36,6 +46,16 @@ const MAF_CPM: u8 = 1 << 0;
 const MAF_DACS: u8 = 1 << 1;
 /// A root complex's DMA reaches all of the address space.
 const MEMORY_ADDRESS_LIMIT_BITS: u8 = 64;
+
+/// SMMUv3 flags (E.d table 10): COHACC override, the SMMU's table walks and queue accesses are
+/// cache-coherent (the model reads guest RAM through the host's coherent mappings).
+pub const SMMU_V3_COHACC_OVERRIDE: u32 = 1 << 0;
+/// SMMUv3 model 0: generic, no erratum workarounds.
+const SMMU_V3_MODEL_GENERIC: u32 = 0;
+/// RMR flags (E.d table 17): bit 0 remapping permitted, bit 1 privileged access, bits 9:2 the
+/// access attributes, of which 1 is Device-nGnRE.
+pub const RMR_ATTR_SHIFT: u32 = 2;
+pub const RMR_ATTR_DEVICE_NGNRE: u32 = 1;
 
 /// A node added to an [`Iort`], for mappings to name as their output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +84,26 @@ pub enum Node {
         ats: u32,
         mappings: Vec<IdMapping>,
     },
+    /// An SMMUv3 with wired interrupts and no MSIs of its own: `mappings` take its StreamIDs on
+    /// (to the ITS group, for the MSIs of the devices behind it).
+    Smmuv3 {
+        /// Register page 0 (page 1 follows at +64 KiB).
+        base: u64,
+        flags: u32,
+        /// Interrupt IDs (GSIVs), edge-triggered.
+        event_gsiv: u32,
+        pri_gsiv: u32,
+        gerror_gsiv: u32,
+        sync_gsiv: u32,
+        mappings: Vec<IdMapping>,
+    },
+    /// Reserved memory ranges that the streams `mappings` name (their output IDs, at the SMMU
+    /// they output to) must keep identity-mapped.
+    Rmr {
+        flags: u32,
+        ranges: Vec<(u64, u64)>,
+        mappings: Vec<IdMapping>,
+    },
 }
 
 impl Node {
@@ -71,13 +111,17 @@ impl Node {
         match self {
             Node::ItsGroup { .. } => (NODE_ITS_GROUP, ITS_GROUP_REVISION),
             Node::RootComplex { .. } => (NODE_ROOT_COMPLEX, ROOT_COMPLEX_REVISION),
+            Node::Smmuv3 { .. } => (NODE_SMMU_V3, SMMU_V3_REVISION),
+            Node::Rmr { .. } => (NODE_RMR, RMR_REVISION),
         }
     }
 
     fn mappings(&self) -> &[IdMapping] {
         match self {
             Node::ItsGroup { .. } => &[],
-            Node::RootComplex { mappings, .. } => mappings,
+            Node::RootComplex { mappings, .. }
+            | Node::Smmuv3 { mappings, .. }
+            | Node::Rmr { mappings, .. } => mappings,
         }
     }
 
@@ -99,14 +143,65 @@ impl Node {
                 body.word(0); // PASID capabilities: none
                 body.byte(0); // Reserved
             }
+            Node::Smmuv3 {
+                base,
+                flags,
+                event_gsiv,
+                pri_gsiv,
+                gerror_gsiv,
+                sync_gsiv,
+                ..
+            } => {
+                body.qword(*base);
+                body.dword(*flags);
+                body.dword(0); // Reserved
+                body.qword(0); // VATOS address: none
+                body.dword(SMMU_V3_MODEL_GENERIC);
+                body.dword(*event_gsiv);
+                body.dword(*pri_gsiv);
+                body.dword(*gerror_gsiv);
+                body.dword(*sync_gsiv);
+                body.dword(0); // Proximity domain: not valid (flags bit 3 clear)
+                body.dword(0); // DeviceID mapping index: ignored, every GSIV is wired
+            }
+            Node::Rmr {
+                flags,
+                ranges,
+                mappings,
+            } => {
+                body.dword(*flags);
+                body.dword(ranges.len() as u32);
+                // The descriptors follow the ID mapping array (see `trailer`).
+                let offset = NODE_HEADER_LEN + RMR_BODY_LEN + ID_MAPPING_LEN * mappings.len();
+                body.dword(offset as u32);
+            }
         }
         body
     }
 
+    /// What follows the ID mapping array: an RMR's memory range descriptors.
+    fn trailer(&self) -> Vec<u8> {
+        let mut trailer = Vec::new();
+        if let Node::Rmr { ranges, .. } = self {
+            for &(base, length) in ranges {
+                trailer.qword(base);
+                trailer.qword(length);
+                trailer.dword(0); // Reserved
+            }
+        }
+        trailer
+    }
+
     fn len(&self) -> usize {
-        NODE_HEADER_LEN + self.body().len() + ID_MAPPING_LEN * self.mappings().len()
+        NODE_HEADER_LEN
+            + self.body().len()
+            + ID_MAPPING_LEN * self.mappings().len()
+            + self.trailer().len()
     }
 }
+
+/// An RMR's flags, descriptor count and descriptor offset.
+const RMR_BODY_LEN: usize = 12;
 
 fn memory_access_coherent(body: &mut Vec<u8>) {
     body.dword(CCA_COHERENT);
@@ -127,8 +222,9 @@ impl Iort {
     }
 
     /// Appends `node`. Its mappings may only name nodes added before it and must cover at least
-    /// one ID each; the node must fit the 16-bit length field. These are programming errors of
-    /// the table functions, not properties of the plan, so they panic.
+    /// one ID each; the node must fit the 16-bit length field; an RMR needs a range and a
+    /// mapping. These are programming errors of the table functions, not properties of the plan,
+    /// so they panic.
     pub fn add(&mut self, node: Node) -> NodeRef {
         assert!(
             node.mappings()
@@ -137,6 +233,16 @@ impl Iort {
             "an IORT mapping names a node not yet added, or no IDs"
         );
         assert!(node.len() <= usize::from(u16::MAX), "IORT node too long");
+        if let Node::Rmr {
+            ranges, mappings, ..
+        } = &node
+        {
+            // Linux skips an RMR node without either (`iort_node_get_rmr_info`).
+            assert!(
+                !ranges.is_empty() && !mappings.is_empty(),
+                "an IORT RMR node needs ranges and streams"
+            );
+        }
         self.nodes.push(node);
         NodeRef(self.nodes.len() - 1)
     }
@@ -177,6 +283,7 @@ impl Iort {
                 body.dword(offsets[m.output.0]);
                 body.dword(0); // Flags: a range, not a single mapping
             }
+            body.extend_from_slice(&node.trailer());
         }
         encode::table(*b"IORT", IORT_REVISION, &body)
     }

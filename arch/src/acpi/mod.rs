@@ -5,7 +5,8 @@
 //! 8-byte aligned. Each table is one function over the [`Platform`] (in the `aarch64` and `x86_64`
 //! submodules). PCI host bridges add a `PNP0A08` device each to the DSDT and an entry each to the
 //! MCFG (the `pci` submodule, shared), an IORT on aarch64 (`iort`), and on x86 a `PNP0C02`
-//! reservation of the ECAM windows. Without bridges the tables are those of a PCI-less machine
+//! reservation of the ECAM windows. Each vSMMUv3 adds an SMMUv3 and an RMR node to the IORT and
+//! a "preserve boot configuration" `_DSM` to its bridge's `PNP0A08`. Without bridges the tables are those of a PCI-less machine
 //! byte for byte (an empty MCFG included).
 //!
 //! Table layouts follow the ACPI 6.5 specification (§5.2), except that the aarch64 MADT GICC uses
@@ -178,6 +179,10 @@ pub enum AcpiError {
         "PCI segment {segment}: INTx on I/O APIC pin {pin}, an ISA IRQ the MADT describes as edge/high"
     )]
     PciIntxIsaPin { segment: u16, pin: u32 },
+    #[error(transparent)]
+    Smmu(#[from] crate::aarch64::fdt::SmmuError),
+    #[error("a {arch:?} guest cannot have vSMMUv3s")]
+    SmmuArch { arch: GuestArch },
 }
 
 /// One encoded table before it has an address.

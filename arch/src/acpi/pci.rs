@@ -24,6 +24,11 @@ const PCI_OSC_UUID: &str = "33db4d5b-1ff7-401c-9657-7441c03dd766";
 const OSC_UNRECOGNIZED_UUID: u8 = 1 << 2;
 const OSC_UNRECOGNIZED_REVISION: u8 = 1 << 3;
 const OSC_CAPABILITIES_MASKED: u8 = 1 << 4;
+/// The PCI host bridge `_DSM` UUID, its function 5 (preserve PCI boot configuration), and the
+/// function bitmap function 0 returns (functions 0 and 5).
+const PCI_DSM_UUID: &str = "e5c937d0-3553-4d7a-9117-ea4d19c3434d";
+const DSM_PRESERVE_BOOT_CONFIG: u8 = 5;
+const DSM_FUNCTIONS: u8 = 1 << 0 | 1 << DSM_PRESERVE_BOOT_CONFIG;
 /// The control the firmware hands over (PCI Firmware 3.3 table 4-5): native PCIe hotplug, SHPC
 /// hotplug, PME, AER and the PCIe capability structure. Nothing runs firmware-first in a
 /// microvmm guest, so the OS gets all of it; LTR and DPC stay with nobody (no port models them).
@@ -125,7 +130,14 @@ fn ecam_bytes(bridge: &PciBridge) -> u64 {
 ///
 /// Link-less `_PRT` entries give GSIs directly, and Linux (drivers/acpi/pci_irq.c) then treats
 /// them as level-triggered, active high on a GIC and active low on an I/O APIC.
-pub(crate) fn root_bridge_device(host: &PciHost, coherent_dma: bool) -> RawAml {
+///
+/// With `preserve_config`, a `_DSM` asks the OS to keep the boot configuration (see
+/// [`dsm_preserve_config`]).
+pub(crate) fn root_bridge_device(
+    host: &PciHost,
+    coherent_dma: bool,
+    preserve_config: bool,
+) -> RawAml {
     let bridge = host.bridge;
     let hid = aml::EISAName::new("PNP0A08");
     let cid = aml::EISAName::new("PNP0A03");
@@ -163,6 +175,10 @@ pub(crate) fn root_bridge_device(host: &PciHost, coherent_dma: bool) -> RawAml {
         children.push(&cca);
     }
     children.extend([&crs as &dyn Aml, &prt, &osc]);
+    let dsm = dsm_preserve_config();
+    if preserve_config {
+        children.push(&dsm);
+    }
     let device = aml::Device::new(host.device_name().as_str().into(), children);
     RawAml(encode::aml_bytes(&device))
 }
@@ -230,6 +246,28 @@ fn osc_method() -> RawAml {
         false,
         vec![&create_cdw1, &pci, &other, &ret],
     );
+    RawAml(encode::aml_bytes(&method))
+}
+
+/// `_DSM` for the PCI host bridge UUID (PCI Firmware Specification 3.3 §4.6): function 0 lists
+/// functions 0 and 5, function 5 ("preserve PCI boot configuration") returns 0: keep it. Linux
+/// applies an IORT RMR to a PCI function only when its host bridge says so
+/// (`iort_rmr_has_dev`: RMR StreamIDs are RIDs, which renumbering would break); it then claims
+/// the resources it finds and still assigns whatever is unassigned.
+fn dsm_preserve_config() -> RawAml {
+    let uuid = aml::Uuid::new(PCI_DSM_UUID);
+    let is_pci = aml::Equal::new(&aml::Arg(0), &uuid);
+    let list = aml::BufferData::new(vec![DSM_FUNCTIONS]);
+    let query = aml::Equal::new(&aml::Arg(2), &aml::ZERO);
+    let return_list = aml::Return::new(&list);
+    let if_query = aml::If::new(&query, vec![&return_list]);
+    let preserve = aml::Equal::new(&aml::Arg(2), &DSM_PRESERVE_BOOT_CONFIG);
+    let return_keep = aml::Return::new(&aml::ZERO);
+    let if_preserve = aml::If::new(&preserve, vec![&return_keep]);
+    let pci = aml::If::new(&is_pci, vec![&if_query, &if_preserve]);
+    let none = aml::BufferData::new(vec![0]);
+    let return_none = aml::Return::new(&none);
+    let method = aml::Method::new("_DSM".into(), 4, false, vec![&pci, &return_none]);
     RawAml(encode::aml_bytes(&method))
 }
 

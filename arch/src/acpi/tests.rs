@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use super::testutil::*;
 use super::*;
 use crate::aarch64::layout as arm;
-use crate::platform::{InterruptController, PciBridge, PowerControl, RegisterSpace};
+use crate::platform::{GuestArch, InterruptController, PciBridge, PowerControl, RegisterSpace};
 use crate::x86_64::layout as x86;
 
 /// A firmware-region-sized ACPI area, as `efi::acpi_boot` hands `build`.
@@ -1196,4 +1196,561 @@ fn rejects_bridges_the_tables_cannot_describe() {
         "{err}"
     );
     assert!(err.to_string().contains("segment 1"), "{err}");
+}
+
+// vSMMUv3s: IORT SMMUv3 and RMR nodes, the bridges' _DSM.
+
+/// An IORT ID mapping as the bytes have it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RawMapping {
+    input: u32,
+    count_minus_one: u32,
+    output: u32,
+    reference: u32,
+    flags: u32,
+}
+
+/// One IORT node as the bytes have it, read without the encoder's help.
+#[derive(Debug)]
+struct RawNode {
+    offset: usize,
+    kind: u8,
+    len: usize,
+    revision: u8,
+    id: u32,
+    mappings: Vec<RawMapping>,
+}
+
+/// The nodes of an IORT, following the node offset and each node's length; they must tile the
+/// table exactly.
+fn iort_nodes(bytes: &[u8]) -> Vec<RawNode> {
+    let count = u32_at(bytes, 36) as usize;
+    let mut offset = u32_at(bytes, 40) as usize;
+    let mut nodes = Vec::new();
+    for _ in 0..count {
+        let len = usize::from(u16_at(bytes, offset + 1));
+        let mapping_count = u32_at(bytes, offset + 8) as usize;
+        let mapping_offset = u32_at(bytes, offset + 12) as usize;
+        assert!(mapping_count == 0 || mapping_offset >= 16);
+        let mappings = (0..mapping_count)
+            .map(|i| {
+                let at = offset + mapping_offset + 20 * i;
+                assert!(
+                    at + 20 <= offset + len,
+                    "mapping {i} outside node at {offset:#x}"
+                );
+                RawMapping {
+                    input: u32_at(bytes, at),
+                    count_minus_one: u32_at(bytes, at + 4),
+                    output: u32_at(bytes, at + 8),
+                    reference: u32_at(bytes, at + 12),
+                    flags: u32_at(bytes, at + 16),
+                }
+            })
+            .collect();
+        nodes.push(RawNode {
+            offset,
+            kind: bytes[offset],
+            len,
+            revision: bytes[offset + 3],
+            id: u32_at(bytes, offset + 4),
+            mappings,
+        });
+        offset += len;
+    }
+    assert_eq!(offset, bytes.len(), "the nodes end where the table does");
+    nodes
+}
+
+/// What Linux's `iort_node_map_id` makes of ID `id` entering `start`: the first node of a type
+/// in `stop` and the ID there. Like Linux it skips an SMMUv3 node's DeviceID mapping, which a
+/// revision < 5 node has unless all four GSIVs are non-zero.
+fn linux_map(
+    bytes: &[u8],
+    nodes: &[RawNode],
+    start: usize,
+    id: u32,
+    stop: &[u8],
+) -> (u8, usize, u32) {
+    let by_offset = |offset: usize| nodes.iter().find(|n| n.offset == offset).unwrap();
+    let mut node = by_offset(start);
+    let mut id = id;
+    for _ in 0..nodes.len() {
+        if stop.contains(&node.kind) {
+            return (node.kind, node.offset, id);
+        }
+        let skip = if node.kind == 4 && node.revision < 5 {
+            let gsivs = (0..4).map(|k| u32_at(bytes, node.offset + 44 + 4 * k));
+            let all_wired = gsivs.into_iter().all(|g| g != 0);
+            (!all_wired).then(|| u32_at(bytes, node.offset + 64) as usize)
+        } else {
+            None
+        };
+        let hit = node
+            .mappings
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != skip)
+            .map(|(_, m)| m)
+            .find(|m| id >= m.input && id - m.input <= m.count_minus_one)
+            .unwrap_or_else(|| panic!("ID {id:#x} unmapped at node {:#x}", node.offset));
+        id = hit.output + (id - hit.input);
+        node = by_offset(hit.reference as usize);
+    }
+    panic!("IORT mapping loop");
+}
+
+/// The vSMMUv3 configurations the IORT and DSDT tests run: (bridges, segments with a vSMMUv3).
+const SMMU_CASES: [(u16, &[u16]); 4] = [(1, &[0]), (3, &[0, 1, 2]), (2, &[0]), (2, &[1])];
+
+fn smmu_tables(bridges: u16, segments: &[u16]) -> (Platform, AcpiTables) {
+    let p = aarch64_smmu_platform(2, bridges, segments);
+    let tables = build(&p, arm_region()).unwrap();
+    (p, tables)
+}
+
+#[test]
+fn iort_puts_each_vsmmu_between_its_bridge_and_the_its() {
+    for (bridges, segments) in SMMU_CASES {
+        let (p, tables) = smmu_tables(bridges, segments);
+        let iort = table(&tables, "IORT");
+        let bytes = &iort.bytes;
+        let nodes = iort_nodes(bytes);
+        let what = format!("{bridges} bridges, vSMMUs on {segments:?}");
+        let s = segments.len();
+        let b = usize::from(bridges);
+
+        assert_eq!(bytes[8], 5, "{what}: table revision 5 (E.d)");
+        // ITS group, the SMMUv3s in index order, the root complexes, the RMRs.
+        let kinds: Vec<u8> = nodes.iter().map(|n| n.kind).collect();
+        let expected = [vec![0], vec![4; s], vec![2; b], vec![6; s]].concat();
+        assert_eq!(kinds, expected, "{what}");
+        let revisions: Vec<u8> = nodes.iter().map(|n| n.revision).collect();
+        let expected = [vec![1], vec![4; s], vec![3; b], vec![3; s]].concat();
+        assert_eq!(revisions, expected, "{what}");
+        let ids: Vec<u32> = nodes.iter().map(|n| n.id).collect();
+        assert_eq!(ids, (0..nodes.len() as u32).collect::<Vec<_>>(), "{what}");
+        let its = &nodes[0];
+        assert_eq!(its.offset, 0x30);
+
+        // iasl decodes every node but the RMRs' bodies.
+        let dsl = iasl_decode_iort_skipping_rmr(iort, s);
+        let all = |name| -> Vec<u64> { fields(&dsl, name).iter().map(|v| hex(v)).collect() };
+        assert_eq!(hex(&field(&dsl, "Node Count")), (1 + 2 * s + b) as u64);
+        let kinds = [vec![0], vec![4; s], vec![2; b], vec![6; s]].concat();
+        assert_eq!(all("Type"), kinds);
+        let lengths: Vec<u64> = nodes.iter().map(|n| n.len as u64).collect();
+        assert_eq!(all("Length"), lengths);
+        let counts: Vec<u64> = nodes.iter().map(|n| n.mappings.len() as u64).collect();
+        assert_eq!(all("Mapping Count"), counts);
+        let smmus: Vec<&RawNode> = nodes.iter().filter(|n| n.kind == 4).collect();
+        let by = |f: fn(&crate::platform::VirtualSmmu) -> u64| -> Vec<u64> {
+            p.smmus.iter().map(f).collect()
+        };
+        fn gsiv(spi: u32) -> u64 {
+            u64::from(spi + 32)
+        }
+        assert_eq!(all("Base Address"), by(|v| v.registers.base), "{what}");
+        assert_eq!(all("Event GSIV"), by(|v| gsiv(v.event_irq)));
+        assert_eq!(
+            all("PRI GSIV"),
+            by(|v| gsiv(v.event_irq)),
+            "PRI repeats the event queue's"
+        );
+        assert_eq!(all("GERR GSIV"), by(|v| gsiv(v.gerror_irq)));
+        assert_eq!(all("Sync GSIV"), by(|v| gsiv(v.sync_irq)));
+        assert_eq!(all("Model"), vec![0; s]);
+        assert_eq!(all("COHACC Override"), vec![1; s]);
+        assert_eq!(all("HTTU Override"), vec![0; s]);
+        assert_eq!(all("Proximity Domain Valid"), vec![0; s]);
+        assert_eq!(all("VATOS Address"), vec![0; s]);
+        assert_eq!(all("Device ID Mapping Index"), vec![0; s]);
+        assert_eq!(
+            all("PCI Segment Number"),
+            (0..u64::from(bridges)).collect::<Vec<_>>()
+        );
+        for node in &smmus {
+            assert_eq!(node.len, 16 + 52 + 20, "{what}");
+        }
+
+        // SMMU -> ITS: the bridge's RID span at StreamID = RID, onto the device IDs it has
+        // without an SMMU.
+        for (smmu, node) in p.smmus.iter().zip(&smmus) {
+            let bridge = &p.pci_bridges[usize::from(smmu.segment)];
+            let (rid_base, rid_count) = bridge.rid_span();
+            assert_eq!(
+                node.mappings,
+                [RawMapping {
+                    input: rid_base,
+                    count_minus_one: rid_count - 1,
+                    output: bridge.msi_base,
+                    reference: 0x30,
+                    flags: 0,
+                }],
+                "{what}: vSMMU {}",
+                smmu.index
+            );
+        }
+
+        // RC -> the SMMU (StreamID = RID) or straight to the ITS.
+        let rcs: Vec<&RawNode> = nodes.iter().filter(|n| n.kind == 2).collect();
+        for (bridge, rc) in p.pci_bridges.iter().zip(&rcs) {
+            let (rid_base, rid_count) = bridge.rid_span();
+            assert_eq!(u32_at(bytes, rc.offset + 28), u32::from(bridge.segment));
+            let (output, reference) = match p.smmus.iter().position(|v| v.segment == bridge.segment)
+            {
+                Some(i) => (rid_base, smmus[i].offset as u32),
+                None => (bridge.msi_base, 0x30),
+            };
+            assert_eq!(
+                rc.mappings,
+                [RawMapping {
+                    input: rid_base,
+                    count_minus_one: rid_count - 1,
+                    output,
+                    reference,
+                    flags: 0,
+                }],
+                "{what}: segment {}",
+                bridge.segment
+            );
+        }
+
+        // As Linux walks it: every function reaches its vSMMU with StreamID = RID and the ITS
+        // with the device ID the plan gave it (KVM routes MSIs by that ID).
+        for (bridge, rc) in p.pci_bridges.iter().zip(&rcs) {
+            let smmu = p.smmus.iter().position(|v| v.segment == bridge.segment);
+            for f in &bridge.functions {
+                let rid = u32::from(f.rid);
+                let msi = linux_map(bytes, &nodes, rc.offset, rid, &[0]);
+                assert_eq!(msi, (0, 0x30, f.msi_device_id), "{what}: {}", f.label);
+                let iommu = linux_map(bytes, &nodes, rc.offset, rid, &[0, 4]);
+                match smmu {
+                    Some(i) => assert_eq!(iommu, (4, smmus[i].offset, rid), "{what}"),
+                    None => assert_eq!(iommu.0, 0, "{what}: no SMMU on the way"),
+                }
+            }
+        }
+
+        // RMR: the host MSI window for exactly the functions' StreamIDs at their vSMMU.
+        let rmrs: Vec<&RawNode> = nodes.iter().filter(|n| n.kind == 6).collect();
+        for (smmu, rmr) in p.smmus.iter().zip(&rmrs) {
+            let at = rmr.offset;
+            let bridge = &p.pci_bridges[usize::from(smmu.segment)];
+            let target = smmus[usize::from(smmu.index)].offset as u32;
+            assert_eq!(
+                u32_at(bytes, at + 16),
+                1 << 2,
+                "flags: Device-nGnRE, no remap, unprivileged"
+            );
+            assert_eq!(u32_at(bytes, at + 20), 1, "one memory range descriptor");
+            let descriptors = u32_at(bytes, at + 24) as usize;
+            assert_eq!(
+                u32_at(bytes, at + 12),
+                28,
+                "mappings after the 12-byte RMR body"
+            );
+            assert_eq!(descriptors, 28 + 20 * rmr.mappings.len());
+            assert_eq!(rmr.len, descriptors + 20, "{what}");
+            let d = at + descriptors;
+            assert_eq!(
+                (
+                    u64_at(bytes, d),
+                    u64_at(bytes, d + 8),
+                    u32_at(bytes, d + 16)
+                ),
+                (0x800_0000, 0x10_0000, 0),
+                "{what}: the host MSI window"
+            );
+            assert_eq!(
+                (smmu.msi_window.base, smmu.msi_window.size),
+                (0x800_0000, 0x10_0000)
+            );
+            let mut sids: Vec<u32> = Vec::new();
+            for m in &rmr.mappings {
+                assert_eq!(
+                    (m.input, m.reference, m.flags),
+                    (m.output, target, 0),
+                    "{what}"
+                );
+                sids.extend(m.output..=m.output + m.count_minus_one);
+            }
+            let rids: Vec<u32> = bridge.functions.iter().map(|f| u32::from(f.rid)).collect();
+            assert_eq!(sids, rids, "{what}");
+        }
+    }
+}
+
+#[test]
+fn rmr_merges_consecutive_stream_ids() {
+    // Functions 0 and 1 of device 0 are one mapping; device 5 another.
+    let mut p = aarch64_smmu_platform(1, 1, &[0]);
+    let mut f1 = p.pci_bridges[0].functions[0].clone();
+    f1.function = 1;
+    f1.rid += 1;
+    f1.msi_device_id += 1;
+    p.pci_bridges[0].functions.insert(1, f1);
+    let tables = build(&p, arm_region()).unwrap();
+    let bytes = &table(&tables, "IORT").bytes;
+    let nodes = iort_nodes(bytes);
+    let rmr = nodes.iter().find(|n| n.kind == 6).unwrap();
+    let runs: Vec<(u32, u32)> = rmr
+        .mappings
+        .iter()
+        .map(|m| (m.output, m.count_minus_one))
+        .collect();
+    assert_eq!(runs, [(0, 1), (0x28, 0)]);
+
+    // A vSMMU in front of a bridge without functions gets no RMR (Linux would reject it).
+    let mut p = aarch64_smmu_platform(1, 1, &[0]);
+    p.pci_bridges[0].functions.clear();
+    let tables = build(&p, arm_region()).unwrap();
+    let kinds: Vec<u8> = iort_nodes(&table(&tables, "IORT").bytes)
+        .iter()
+        .map(|n| n.kind)
+        .collect();
+    assert_eq!(kinds, [0, 4, 2]);
+}
+
+#[test]
+fn dsdt_asks_to_preserve_only_bridges_behind_a_vsmmu() {
+    for (bridges, segments) in SMMU_CASES {
+        let (p, tables) = smmu_tables(bridges, segments);
+        let dsl = squash(&iasl_decode(table(&tables, "DSDT")));
+        for bridge in &p.pci_bridges {
+            let block = device_block(&dsl, &format!("PC{:02X}", bridge.segment));
+            let behind = segments.contains(&bridge.segment);
+            assert_eq!(
+                block.contains("_DSM"),
+                behind,
+                "segment {}:\n{block}",
+                bridge.segment
+            );
+            if behind {
+                for part in [
+                    "Method (_DSM, 4, NotSerialized)",
+                    "If ((Arg0 == ToUUID (\"e5c937d0-3553-4d7a-9117-ea4d19c3434d\")",
+                    "If ((Arg2 == Zero)) { Return (Buffer (One) { 0x21",
+                    "If ((Arg2 == 0x05)) { Return (Zero) }",
+                ] {
+                    assert!(block.contains(part), "{part:?} not in\n{block}");
+                }
+            }
+            // Everything else about the bridge is as without a vSMMU.
+            check_root_bridge(&dsl, bridge, bridge.intx.map(|spi| spi + 32), true);
+        }
+    }
+}
+
+#[test]
+fn vsmmus_change_only_the_iort_and_the_dsdt() {
+    for (bridges, segments) in SMMU_CASES {
+        let (_, with) = smmu_tables(bridges, segments);
+        let without = arm_pci_tables(2, bridges);
+        assert_eq!(signatures(&with), signatures(&without));
+        for sig in ["APIC", "GTDT", "SPCR", "MCFG"] {
+            assert_eq!(table(&with, sig).bytes, table(&without, sig).bytes, "{sig}");
+        }
+    }
+}
+
+#[test]
+fn bridges_without_vsmmus_tables_are_byte_identical_to_before() {
+    // Digests of the PCI tables before vSMMU support; update only for an intended change.
+    assert_eq!(digest(&arm_pci_tables(4, 1)), (3324, 0x9aae_1649_c15c_8bcf));
+    assert_eq!(digest(&arm_pci_tables(4, 3)), (7229, 0x7d9d_c1b9_7c45_18d6));
+}
+
+#[test]
+fn rejects_vsmmus_the_tables_cannot_describe() {
+    use crate::aarch64::fdt::SmmuError;
+    let check = |edit: &dyn Fn(&mut Platform), want: &dyn Fn(&SmmuError) -> bool| {
+        let mut p = aarch64_smmu_platform(2, 3, &[0, 1]);
+        edit(&mut p);
+        match build(&p, arm_region()) {
+            Err(AcpiError::Smmu(e)) => {
+                assert!(want(&e), "unexpected {e:?}");
+                assert!(e.to_string().starts_with("vSMMUv3"), "{e}");
+            }
+            other => panic!("expected a vSMMU error, got {other:?}"),
+        }
+    };
+    check(&|p| p.smmus[1].segment = 7, &|e| {
+        matches!(
+            e,
+            SmmuError::NoBridge {
+                index: 1,
+                segment: 7
+            }
+        )
+    });
+    check(&|p| p.smmus[1].segment = 0, &|e| {
+        matches!(
+            e,
+            SmmuError::SharedBridge {
+                first: 0,
+                second: 1,
+                segment: 0
+            }
+        )
+    });
+    check(&|p| p.smmus[1].index = 0, &|e| {
+        matches!(e, SmmuError::DuplicateIndex(0))
+    });
+    check(&|p| p.smmus[1].registers = p.smmus[0].registers, &|e| {
+        matches!(e, SmmuError::Overlap { index: 1, .. })
+    });
+    check(
+        &|p| p.smmus[1].registers.base = p.smmus[0].registers.base + 0x1_0000,
+        &|e| matches!(e, SmmuError::Overlap { index: 1, .. }),
+    );
+    check(
+        &|p| p.smmus[0].registers.base = arm::GIC_ITS.base,
+        &|e| matches!(e, SmmuError::Overlap { index: 0, other, .. } if other == "the GIC ITS"),
+    );
+    check(
+        &|p| p.smmus[0].registers.base = arm::UART.base,
+        &|e| matches!(e, SmmuError::Overlap { index: 0, other, .. } if other == "the UART"),
+    );
+    check(&|p| p.smmus[0].registers.size = 0x1_0000, &|e| {
+        matches!(
+            e,
+            SmmuError::Registers {
+                index: 0,
+                size: 0x1_0000,
+                ..
+            }
+        )
+    });
+    check(&|p| p.smmus[0].registers.base += 0x1000, &|e| {
+        matches!(e, SmmuError::Registers { index: 0, .. })
+    });
+    check(&|p| p.smmus[1].sync_irq = arm::GIC_NR_IRQS - 32, &|e| {
+        matches!(
+            e,
+            SmmuError::SpiOutOfRange {
+                index: 1,
+                spi: 224,
+                nr_irqs: 256
+            }
+        )
+    });
+    check(
+        &|p| p.smmus[1].gerror_irq = p.smmus[0].event_irq,
+        &|e| matches!(e, SmmuError::SpiInUse { index: 1, other, .. } if other == "vSMMUv3 0's"),
+    );
+    check(
+        &|p| p.smmus[0].gerror_irq = p.smmus[0].event_irq,
+        &|e| matches!(e, SmmuError::SpiInUse { index: 0, other, .. } if other == "its own"),
+    );
+    check(&|p| p.smmus[0].event_irq = p.pci_bridges[2].intx[3], &|e| {
+        matches!(e, SmmuError::SpiInUse { index: 0, .. })
+    });
+    check(
+        &|p| p.smmus[0].event_irq = arm::UART_SPI,
+        &|e| matches!(e, SmmuError::SpiInUse { index: 0, other, .. } if other == "the UART's"),
+    );
+    check(&|p| p.smmus[0].msi_window.size = 0, &|e| {
+        matches!(e, SmmuError::MsiWindow { index: 0, .. })
+    });
+    check(&|p| p.smmus[0].msi_window.base += 0x1000, &|e| {
+        matches!(e, SmmuError::MsiWindow { index: 0, .. })
+    });
+    // The last SPI the GIC has is fine, and so is a vSMMU on any segment with a bridge.
+    let mut p = aarch64_smmu_platform(2, 3, &[2, 0]);
+    p.smmus[0].sync_irq = arm::GIC_NR_IRQS - 33;
+    build(&p, arm_region()).unwrap();
+
+    // x86 has no SMMUs.
+    let mut p = x86_pci_platform(2, 1);
+    p.smmus = aarch64_smmus(&[0]);
+    assert!(matches!(
+        build(&p, x86::ACPI_TABLES),
+        Err(AcpiError::SmmuArch {
+            arch: GuestArch::X86_64
+        })
+    ));
+}
+
+#[test]
+fn iort_builder_lays_out_rmr_descriptors_after_the_mappings() {
+    use super::iort::{IdMapping, Iort, Node};
+    let mut iort = Iort::new();
+    let its = iort.add(Node::ItsGroup { its_ids: vec![0] });
+    let smmu = iort.add(Node::Smmuv3 {
+        base: 0x1234_0000,
+        flags: 1,
+        event_gsiv: 40,
+        pri_gsiv: 41,
+        gerror_gsiv: 42,
+        sync_gsiv: 43,
+        mappings: vec![IdMapping {
+            input_base: 0,
+            count: 0x100,
+            output_base: 0x500,
+            output: its,
+        }],
+    });
+    let one = |sid| IdMapping {
+        input_base: sid,
+        count: 1,
+        output_base: sid,
+        output: smmu,
+    };
+    iort.add(Node::Rmr {
+        flags: 0x4,
+        ranges: vec![(0x800_0000, 0x10_0000), (0x900_0000, 0x2_0000)],
+        mappings: vec![one(3), one(9), one(12)],
+    });
+    let bytes = iort.encode().bytes;
+    assert_eq!(checksum(&bytes), 0);
+    // ITS group at 48 (24 bytes), SMMUv3 at 72 (88), RMR at 160: 28 + 3 * 20 + 2 * 20.
+    let rmr = 160;
+    assert_eq!(bytes.len(), rmr + 128);
+    assert_eq!(
+        (bytes[rmr], u16_at(&bytes, rmr + 1), bytes[rmr + 3]),
+        (6, 128, 3)
+    );
+    assert_eq!(u32_at(&bytes, rmr + 8), 3, "mapping count");
+    assert_eq!(u32_at(&bytes, rmr + 12), 28, "mapping offset");
+    assert_eq!(u32_at(&bytes, rmr + 16), 4, "flags");
+    assert_eq!(u32_at(&bytes, rmr + 20), 2, "descriptor count");
+    assert_eq!(u32_at(&bytes, rmr + 24), 88, "descriptor offset");
+    assert_eq!(
+        u32_at(&bytes, rmr + 28 + 20 + 8),
+        9,
+        "second mapping's output"
+    );
+    assert_eq!(
+        u32_at(&bytes, rmr + 28 + 20 + 12),
+        72,
+        "references the SMMUv3"
+    );
+    assert_eq!(
+        u64_at(&bytes, rmr + 88 + 20),
+        0x900_0000,
+        "second descriptor"
+    );
+    assert_eq!(u64_at(&bytes, rmr + 88 + 28), 0x2_0000);
+    // The SMMUv3 body: base, flags, GSIVs in E.d order, DeviceID mapping index 0.
+    assert_eq!(u64_at(&bytes, 72 + 16), 0x1234_0000);
+    let gsivs: Vec<u32> = (0..4).map(|k| u32_at(&bytes, 72 + 44 + 4 * k)).collect();
+    assert_eq!(gsivs, [40, 41, 42, 43]);
+    assert_eq!(
+        u32_at(&bytes, 72 + 12),
+        68,
+        "mappings after the 52-byte body"
+    );
+}
+
+#[test]
+#[should_panic(expected = "needs ranges and streams")]
+fn iort_builder_refuses_an_rmr_without_streams() {
+    use super::iort::{Iort, Node};
+    let mut iort = Iort::new();
+    iort.add(Node::Rmr {
+        flags: 0,
+        ranges: vec![(0, 0x1_0000)],
+        mappings: Vec::new(),
+    });
 }

@@ -148,6 +148,11 @@ impl<'a> Machine<'a> {
                 })
             }
         };
+        if !platform.smmus.is_empty() {
+            return Err(AcpiError::SmmuArch {
+                arch: GuestArch::X86_64,
+            });
+        }
         let pci = pci::check_bridges(&platform.pci_bridges, |segment, pin| {
             if pin >= ioapic_pins {
                 return Err(AcpiError::InterruptOutOfRange {
@@ -241,7 +246,7 @@ fn dsdt(machine: &Machine) -> Encoded {
         devices.push(uart_device(uart));
     }
     for host in &machine.pci {
-        devices.push(pci::root_bridge_device(host, false));
+        devices.push(pci::root_bridge_device(host, false, false));
     }
     devices.extend(pci::ecam_reservation(&machine.pci));
     aml.extend_from_slice(&encode::system_bus(&devices).0);
