@@ -82,6 +82,11 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "MODE")]
     pub iommu: Option<IommuMode>,
 
+    /// Print device counters at exit (vSMMU guest commands by kind, CMD_SYNCs, host
+    /// invalidation ioctls, events forwarded).
+    #[arg(long)]
+    pub stats: bool,
+
     /// Print the platform plan (and the host it was made for) as JSON and exit without starting
     /// a guest.
     #[arg(long)]
@@ -144,6 +149,9 @@ impl Cli {
         }
         if let Some(v) = self.iommu {
             config.iommu = v;
+        }
+        if self.stats {
+            config.stats = true;
         }
         Ok(config)
     }

@@ -339,6 +339,10 @@ pub struct VmConfig {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub pci_bridges: Vec<BridgeConfig>,
     pub iommu: IommuMode,
+    /// Print device counters (vSMMU commands, CMD_SYNCs, host invalidation ioctls, events) at
+    /// exit; they are logged at info level either way.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stats: bool,
 }
 
 /// One problem with a configuration, naming the field it is in.

@@ -80,13 +80,6 @@ fn main() -> ExitCode {
             }
         }
     }
-    if config.iommu == vmm::config::IommuMode::NestedSmmuv3 {
-        eprintln!(
-            "microvmm: --iommu nested-smmuv3 can be planned (--dry-run, --dump-platform) but this \
-             build cannot run a guest with it yet: the vSMMUv3 device is not wired in"
-        );
-        return ExitCode::from(CONFIG_ERROR);
-    }
 
     match vmm::vm::run(&config) {
         Ok(exit) => {

@@ -78,6 +78,7 @@ pub struct NestedStats {
 struct Stream {
     device: Arc<VfioDevice>,
     dev_id: u32,
+    vdevice: u32,
     bdf: String,
     /// The stage-1 HWPT currently installed, freed when replaced.
     stage1: Option<u32>,
@@ -91,7 +92,9 @@ pub struct NestedSmmu {
     viommu: u32,
     abort_hwpt: u32,
     bypass_hwpt: u32,
-    events: File,
+    /// The vEVENTQ fd; closed before the object is destroyed (the fd holds it).
+    events: Option<File>,
+    veventq: u32,
     streams: BTreeMap<u32, Stream>,
     stats: NestedStats,
 }
@@ -146,7 +149,7 @@ impl NestedSmmu {
             veventq_depth: 256,
             ..Default::default()
         };
-        let (_, events) = iommufd
+        let (veventq_id, events) = iommufd
             .alloc_veventq(&mut veventq)
             .map_err(err("allocating the vEVENTQ"))?;
         let mut nested = NestedSmmu {
@@ -156,7 +159,8 @@ impl NestedSmmu {
             viommu: viommu.out_viommu_id,
             abort_hwpt: 0,
             bypass_hwpt: 0,
-            events,
+            events: Some(events),
+            veventq: veventq_id,
             streams: BTreeMap::new(),
             stats: NestedStats::default(),
         };
@@ -171,7 +175,9 @@ impl NestedSmmu {
 
     /// The vEVENTQ fd, for the event loop to watch.
     pub fn event_fd(&self) -> RawFd {
-        std::os::fd::AsRawFd::as_raw_fd(&self.events)
+        self.events
+            .as_ref()
+            .map_or(-1, std::os::fd::AsRawFd::as_raw_fd)
     }
 
     fn alloc_nested(&mut self, dev_id: u32, bdf: &str, ste: [u64; 2]) -> Result<u32, NestedError> {
@@ -241,6 +247,7 @@ impl NestedSmmu {
             Stream {
                 device,
                 dev_id,
+                vdevice: vdevice.out_vdevice_id,
                 bdf: bdf.to_string(),
                 stage1: None,
             },
@@ -291,13 +298,17 @@ impl NestedSmmu {
     /// Forwards a batch of TLBI / ATC_INV / CFGI_CD commands in one ioctl; returns how many the
     /// kernel handled (the rest failed: the model reports CERROR_ILL for the first of them).
     pub fn invalidate(&mut self, commands: &[[u64; 2]]) -> Result<usize, NestedError> {
-        if commands.is_empty() {
-            return Ok(0);
-        }
+        // Commands naming a StreamID without a vDEVICE (the guest's host bridge, an unused SID)
+        // have nothing cached on the host, and the kernel refuses them (EIO): they are done.
         let mut entries: Vec<iommu_viommu_arm_smmuv3_invalidate> = commands
             .iter()
+            .filter(|c| stream_of(c).is_none_or(|sid| self.streams.contains_key(&sid)))
             .map(|c| iommu_viommu_arm_smmuv3_invalidate { cmd: *c })
             .collect();
+        let skipped = commands.len() - entries.len();
+        if entries.is_empty() {
+            return Ok(commands.len());
+        }
         let mut request = iommu_hwpt_invalidate {
             size: size_of_u32::<iommu_hwpt_invalidate>(),
             hwpt_id: self.viommu,
@@ -312,8 +323,8 @@ impl NestedSmmu {
         let handled = request.entry_num as usize;
         self.stats.invalidation_commands += handled as u64;
         match result {
-            Ok(()) => Ok(handled),
-            Err(source) if handled < commands.len() => {
+            Ok(()) => Ok(handled + skipped),
+            Err(source) if handled < entries.len() => {
                 log::warn!(
                     "{}: invalidation stopped after {handled}: {source}",
                     self.smmu
@@ -335,7 +346,10 @@ impl NestedSmmu {
         const HEADER: usize = std::mem::size_of::<iommufd_vevent_header>();
         const RECORD: usize = std::mem::size_of::<iommu_vevent_arm_smmuv3>();
         let mut buf = vec![0u8; (HEADER + RECORD) * 64];
-        let n = match self.events.read(&mut buf) {
+        let Some(events) = self.events.as_mut() else {
+            return Ok((Vec::new(), false));
+        };
+        let n = match events.read(&mut buf) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok((Vec::new(), false)),
             Err(source) => {
@@ -350,6 +364,41 @@ impl NestedSmmu {
         self.stats.lost_events += u64::from(lost);
         Ok((records, lost))
     }
+}
+
+impl Drop for NestedSmmu {
+    /// Takes the objects down in dependency order (devices off the nested HWPTs, then HWPTs,
+    /// vDEVICEs, vEVENTQ, vIOMMU, the stage-2 parent), so the IOAS can be destroyed after.
+    fn drop(&mut self) {
+        let destroy = |id: u32, what: &str| {
+            if let Err(e) = self.iommufd.destroy_iommu_object(id) {
+                log::warn!("{}: destroying {what} {id}: {e}", self.smmu);
+            }
+        };
+        for stream in self.streams.values() {
+            if let Err(e) = stream.device.detach_hwpt() {
+                log::debug!("{}: detaching {}: {e}", self.smmu, stream.bdf);
+            }
+        }
+        for stream in self.streams.values() {
+            if let Some(id) = stream.stage1 {
+                destroy(id, "stage-1 HWPT");
+            }
+            destroy(stream.vdevice, "vDEVICE");
+        }
+        destroy(self.abort_hwpt, "abort HWPT");
+        destroy(self.bypass_hwpt, "bypass HWPT");
+        self.events = None;
+        destroy(self.veventq, "vEVENTQ");
+        destroy(self.viommu, "vIOMMU");
+        destroy(self.s2_hwpt, "stage-2 HWPT");
+    }
+}
+
+/// The StreamID a command names, for the opcodes that carry one in word 0 bits [63:32]
+/// (CFGI_CD 0x05, CFGI_CD_ALL 0x06, ATC_INV 0x40).
+fn stream_of(command: &[u64; 2]) -> Option<u32> {
+    matches!(command[0] & 0xff, 0x05 | 0x06 | 0x40).then(|| (command[0] >> 32) as u32)
 }
 
 /// vEVENTQ read data: headers `{flags u32, sequence u32}`, each followed by a 32-byte record
@@ -390,6 +439,19 @@ mod tests {
         assert_eq!(masked[0] >> 6 & ((1 << 46) - 1), (1 << 46) - 1);
         // Word 1: the cache attributes, S1STALLD and EATS; not S2 or anything else.
         assert_eq!(masked[1], 0xff | (1 << 27) | (3 << 28));
+    }
+
+    #[test]
+    fn sid_commands_are_recognised() {
+        assert_eq!(stream_of(&[0x05 | (0x8 << 32), 0]), Some(8));
+        assert_eq!(stream_of(&[0x06 | (0x108 << 32), 0]), Some(0x108));
+        assert_eq!(stream_of(&[0x40 | (0x10 << 32), 0]), Some(0x10));
+        assert_eq!(
+            stream_of(&[0x11 | (1 << 48), 0]),
+            None,
+            "TLBI_NH_ASID names an ASID"
+        );
+        assert_eq!(stream_of(&[0x10, 0]), None);
     }
 
     fn header(flags: u32, seq: u32) -> Vec<u8> {

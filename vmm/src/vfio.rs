@@ -66,6 +66,11 @@ impl VfioContext {
         Ok(VfioContext { ops })
     }
 
+    /// The iommufd and the IOAS holding guest RAM, for the nested vSMMU backend.
+    pub fn iommufd(&self) -> (Arc<IommuFd>, u32) {
+        (self.ops.iommufd().clone(), self.ops.ioas().id())
+    }
+
     /// Binds a host function's cdev to the iommufd and attaches it to the IOAS.
     pub fn open(&self, host: &HostDevice) -> Result<HostVfio, VfioError> {
         let device = VfioDevice::new(&host.sysfs, self.ops.clone(), true).map_err(|source| {
@@ -117,6 +122,11 @@ impl HostVfio {
     /// The VFIO device, for mapping its regions.
     pub fn device(&self) -> Arc<VfioDevice> {
         self.device.clone()
+    }
+
+    /// Its iommufd device ID.
+    pub fn dev_id(&self) -> Option<u32> {
+        self.device.iommufd_dev_id()
     }
 }
 

@@ -165,11 +165,30 @@ impl Drop for RawTerminal {
     }
 }
 
+/// A host fd some device model serves when it is readable (a vSMMU's host event queue).
+pub struct FdWatch {
+    pub fd: RawFd,
+    pub on_ready: Box<dyn FnMut() + Send>,
+}
+
+impl MutEventSubscriber for FdWatch {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new_raw(self.fd, EventSet::IN)) {
+            log::error!("watching fd {}: {e:?}", self.fd);
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        (self.on_ready)();
+    }
+}
+
 /// Runs until the guest ends (or a signal arrives) and returns why.
 pub fn run(
     exit: Arc<ExitSignal>,
     signals: OwnedFd,
     serial_input: Option<Arc<Mutex<SerialDevice>>>,
+    watches: Vec<FdWatch>,
 ) -> io::Result<GuestExit> {
     let mut manager = EventManager::<Subscriber>::new()
         .map_err(|e| io::Error::other(format!("creating the event loop: {e:?}")))?;
@@ -180,6 +199,9 @@ pub fn run(
     })));
     if let Some(serial) = serial_input {
         manager.add_subscriber(Arc::new(Mutex::new(SerialInput { fd: 0, serial })));
+    }
+    for watch in watches {
+        manager.add_subscriber(Arc::new(Mutex::new(watch)));
     }
     loop {
         if let Some(reason) = exit.reason() {

@@ -7,6 +7,7 @@ pub mod event_loop;
 pub mod exit;
 pub mod irq;
 pub mod pci;
+pub mod smmu;
 pub mod vcpu;
 
 #[cfg(target_arch = "aarch64")]
@@ -135,8 +136,10 @@ pub struct Vm {
     serial: Option<Arc<Mutex<SerialDevice>>>,
     /// Standard input feeds the serial port (serial on stdio).
     stdin_input: bool,
+    /// `--stats`: print counters at exit.
+    print_stats: bool,
     exit: Arc<ExitSignal>,
-    _pci: Option<pci::PciState>,
+    pci: Option<pci::PciState>,
     _arch: guest::ArchState,
     _vm: Arc<VmFd>,
     _memory: GuestMemoryMmap,
@@ -239,8 +242,9 @@ pub fn build(config: &VmConfig, exit: Arc<ExitSignal>) -> Result<Vm, VmError> {
         buses: Arc::new(buses),
         serial,
         stdin_input: config.serial == SerialConfig::Stdio,
+        print_stats: config.stats,
         exit,
-        _pci: pci,
+        pci,
         _arch: arch_state,
         _vm: vm,
         _memory: memory,
@@ -253,6 +257,21 @@ impl Vm {
         &self.platform
     }
 
+    /// The vSMMU counters, logged at exit and printed with `--stats`.
+    fn report_stats(&self) {
+        for smmu in self.pci.iter().flat_map(|p| &p.smmus) {
+            let stats = smmu.model.lock().expect("vSMMU lock poisoned").stats();
+            let line = format!(
+                "vSMMU {} (host {}): {stats:?}",
+                smmu.plan.index, smmu.plan.host_smmu
+            );
+            log::info!("{line}");
+            if self.print_stats {
+                eprintln!("microvmm: stats: {line}");
+            }
+        }
+    }
+
     /// Runs the guest until it ends or a signal arrives.
     pub fn run(mut self, signals: OwnedFd) -> Result<GuestExit, VmError> {
         let vcpus = std::mem::take(&mut self.vcpus);
@@ -261,9 +280,15 @@ impl Vm {
         let input = self.serial.clone().filter(|_| self.stdin_input);
         let reason = {
             let _terminal = input.as_ref().map(|_| event_loop::RawTerminal::enter());
-            event_loop::run(self.exit.clone(), signals, input)
+            let watches = self
+                .pci
+                .as_mut()
+                .map(|p| std::mem::take(&mut p.watches))
+                .unwrap_or_default();
+            event_loop::run(self.exit.clone(), signals, input, watches)
         };
         threads.stop();
+        self.report_stats();
         reason.map_err(io_err("running the event loop"))
     }
 }

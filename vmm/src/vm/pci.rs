@@ -25,6 +25,9 @@ use crate::vfio::VfioContext;
 /// Everything PCI keeps alive for the VM's lifetime.
 pub struct PciState {
     _roots: Vec<Arc<Mutex<PciRoot>>>,
+    pub smmus: Vec<super::smmu::SmmuInstance>,
+    /// Host fds the event loop serves (vSMMU host event queues); taken when the VM runs.
+    pub watches: Vec<super::event_loop::FdWatch>,
     _vfio: VfioContext,
     _routing: Arc<Mutex<IrqRouting>>,
 }
@@ -69,6 +72,9 @@ struct Function {
 /// The VMM side of one PCI segment.
 struct SegmentHost {
     vm: Arc<VmFd>,
+    /// Behind a vSMMU the guest programs MSI addresses as IOVAs its stage 1 maps to the ITS
+    /// doorbell; the guest's only MSI target is that doorbell, so routes use it directly.
+    msi_doorbell: Option<u64>,
     routing: Arc<Mutex<IrqRouting>>,
     memslots: Arc<Mutex<Memslots>>,
     functions: BTreeMap<PciAddress, Function>,
@@ -171,7 +177,7 @@ impl PciSegmentHost for SegmentHost {
                 continue;
             };
             let msi = route.message.map(|m| Msi {
-                address: m.address,
+                address: self.msi_doorbell.unwrap_or(m.address),
                 data: m.data,
             });
             if let Err(e) = routing.set_msi(vector.gsi, msi, function.msi_device_id) {
@@ -226,15 +232,42 @@ pub fn attach(
     let memslots = Arc::new(Mutex::new(memslots));
     let page = page_size();
     let mut roots = Vec::new();
-    let mut host_iter = hosts.iter();
+    let mut smmus = Vec::new();
+    let mut watches = Vec::new();
     for bridge in &platform.pci_bridges {
         let mut functions = BTreeMap::new();
         let mut models = Vec::new();
+        let mut backends = Vec::new();
         for function in &bridge.functions {
-            let host = host_iter
+            let host = hosts
+                .iter()
                 .find(|h| h.bdf == function.label)
                 .ok_or_else(|| pci_err(format!("no host device for {}", function.label)))?;
             let backend = vfio.open(host).map_err(|e| VmError::Vfio(Box::new(e)))?;
+            backends.push((function, host, backend));
+        }
+        // The vSMMU in front of this bridge takes its functions before their models reset and
+        // probe them: from then on their DMA follows the guest's stream table.
+        if let Some(plan) = platform.smmus.iter().find(|s| s.segment == bridge.segment) {
+            let members = backends
+                .iter()
+                .map(|(function, host, backend)| {
+                    Ok(super::smmu::SmmuFunction {
+                        device: backend.device(),
+                        dev_id: backend.dev_id().ok_or_else(|| {
+                            pci_err(format!("{} has no iommufd device id", host.bdf))
+                        })?,
+                        sid: u32::from(function.rid),
+                        bdf: host.bdf.clone(),
+                    })
+                })
+                .collect::<Result<Vec<_>, VmError>>()?;
+            let (instance, watch) =
+                super::smmu::attach(vm, plan, memory, vfio.iommufd(), &members, mmio)?;
+            smmus.push(instance);
+            watches.push(watch);
+        }
+        for (function, host, backend) in backends {
             let handle = backend.device();
             let model = VfioPciDevice::new(Box::new(backend), page).map_err(|e| {
                 VmError::Vfio(format!("devices[{}] ({}): {e}", host.index, host.bdf).into())
@@ -259,8 +292,10 @@ pub fn attach(
                 bridge.segment
             );
         }
+        let behind_smmu = platform.smmus.iter().any(|s| s.segment == bridge.segment);
         let host = SegmentHost {
             vm: vm.clone(),
+            msi_doorbell: its_doorbell(platform).filter(|_| behind_smmu),
             routing: routing.clone(),
             memslots: memslots.clone(),
             functions,
@@ -280,9 +315,19 @@ pub fn attach(
     }
     Ok(Some(PciState {
         _roots: roots,
+        smmus,
+        watches,
         _vfio: vfio,
         _routing: routing,
     }))
+}
+
+/// GITS_TRANSLATER of the guest's ITS (Arm GIC architecture: ITS base + 0x10040).
+fn its_doorbell(platform: &Platform) -> Option<u64> {
+    match platform.interrupt_controller {
+        arch::platform::InterruptController::GicV3 { its, .. } => Some(its.base + 0x1_0040),
+        _ => None,
+    }
 }
 
 /// A GSI for every MSI/MSI-X vector the device model has, unrouted until the guest programs it.

@@ -1,0 +1,180 @@
+//! Nested vSMMUv3s: the guest-visible model (`devices::smmuv3`) on the MMIO bus, its interrupts
+//! as irqfds on the plan's SPIs, and its host backend the iommufd nested backend
+//! (`crate::nested`) over the host SMMU the plan paired it with.
+
+use std::sync::{Arc, Mutex};
+
+use arch::platform::VirtualSmmu;
+use devices::bus::Bus;
+use devices::pci::MsiMessage;
+use devices::smmuv3::{
+    BackendError, EventBatch, SmmuBackend, SmmuFeatures, SmmuInterrupts, SmmuIrq, Smmuv3,
+    StreamConfig,
+};
+use iommufd_ioctls::IommuFd;
+use kvm_ioctls::VmFd;
+use vfio_ioctls::VfioDevice;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use super::VmError;
+use super::event_loop::FdWatch;
+use crate::nested::{NestedSmmu, StreamState};
+
+/// A function behind a vSMMU: its VFIO device, iommufd device ID, StreamID (= RID), host BDF.
+pub struct SmmuFunction {
+    pub device: Arc<VfioDevice>,
+    pub dev_id: u32,
+    pub sid: u32,
+    pub bdf: String,
+}
+
+/// The nested backend as the model's `SmmuBackend`.
+struct Nested(NestedSmmu);
+
+impl SmmuBackend for Nested {
+    fn set_stream(&mut self, sid: u32, config: StreamConfig) -> Result<(), BackendError> {
+        let state = match config {
+            StreamConfig::Abort => StreamState::Abort,
+            StreamConfig::Bypass => StreamState::Bypass,
+            StreamConfig::Stage1 { ste } => StreamState::Stage1(ste),
+        };
+        Ok(self.0.set_stream(sid, state)?)
+    }
+
+    fn invalidate(&mut self, commands: &[[u64; 2]]) -> Result<usize, BackendError> {
+        Ok(self.0.invalidate(commands)?)
+    }
+
+    fn read_events(&mut self) -> Result<EventBatch, BackendError> {
+        let (events, lost) = self.0.read_events()?;
+        Ok(EventBatch { events, lost })
+    }
+}
+
+/// The vSMMU's wired interrupts: eventfds registered as irqfds on its SPIs.
+struct WiredIrqs {
+    event: EventFd,
+    gerror: EventFd,
+    sync: EventFd,
+}
+
+impl SmmuInterrupts for WiredIrqs {
+    fn trigger(&mut self, irq: SmmuIrq) {
+        let evt = match irq {
+            SmmuIrq::Event => &self.event,
+            SmmuIrq::Gerror => &self.gerror,
+            SmmuIrq::Sync => &self.sync,
+        };
+        if let Err(e) = evt.write(1) {
+            log::warn!("vSMMU interrupt {irq:?}: {e}");
+        }
+    }
+
+    fn msi(&mut self, message: MsiMessage) -> bool {
+        // The tables describe wired interrupts only, so a guest never programs vSMMU MSIs.
+        log::warn!(
+            "vSMMU MSI to {:#x} ignored: the vSMMU uses wired interrupts",
+            message.address
+        );
+        false
+    }
+}
+
+fn features(f: &arch::platform::SmmuFeatures) -> SmmuFeatures {
+    SmmuFeatures {
+        two_level_stream_table: f.two_level_stream_table,
+        sid_bits: f.sid_bits,
+        ssid_bits: f.ssid_bits,
+        oas_bits: f.oas_bits,
+        granule_4k: f.granule_4k,
+        granule_16k: f.granule_16k,
+        granule_64k: f.granule_64k,
+        range_invalidation: f.range_invalidation,
+        asid16: f.asid16,
+        two_level_cd_table: f.two_level_cd_table,
+        stall_model: f.stall_model,
+    }
+}
+
+/// A running vSMMU, kept for its lifetime and for `--stats`.
+pub struct SmmuInstance {
+    pub plan: VirtualSmmu,
+    pub model: Arc<Mutex<Smmuv3>>,
+}
+
+/// Builds the vSMMU `plan` over its host SMMU for `functions`, puts it on the bus and returns it
+/// with the watch that feeds it host events.
+pub fn attach(
+    vm: &VmFd,
+    plan: &VirtualSmmu,
+    memory: &GuestMemoryMmap,
+    (iommufd, ioas): (Arc<IommuFd>, u32),
+    functions: &[SmmuFunction],
+    mmio: &Bus,
+) -> Result<(SmmuInstance, FdWatch), VmError> {
+    let boxed = |e: crate::nested::NestedError| VmError::Vfio(Box::new(e));
+    let Some(first) = functions.first() else {
+        return Err(VmError::Firmware(format!(
+            "vSMMU {} has no device behind it",
+            plan.index
+        )));
+    };
+    let mut nested =
+        NestedSmmu::new(iommufd, ioas, &plan.host_smmu, first.dev_id, &first.bdf).map_err(boxed)?;
+    for f in functions {
+        nested
+            .add_device(f.device.clone(), f.dev_id, f.sid, &f.bdf)
+            .map_err(boxed)?;
+    }
+    let event_fd = nested.event_fd();
+    let irq = |spi: u32| -> Result<EventFd, VmError> {
+        let evt = EventFd::new(EFD_NONBLOCK).map_err(super::io_err("creating a vSMMU eventfd"))?;
+        vm.register_irqfd(&evt, spi)
+            .map_err(super::kvm_err("KVM_IRQFD for a vSMMU interrupt"))?;
+        Ok(evt)
+    };
+    let irqs = WiredIrqs {
+        event: irq(plan.event_irq)?,
+        gerror: irq(plan.gerror_irq)?,
+        sync: irq(plan.sync_irq)?,
+    };
+    let mut model = Smmuv3::new(
+        features(&plan.features),
+        Box::new(memory.clone()),
+        Box::new(Nested(nested)),
+        Box::new(irqs),
+    )
+    .map_err(|e| VmError::Firmware(format!("vSMMU {}: {e}", plan.index)))?;
+    for f in functions {
+        model.add_stream(f.sid).map_err(|e| {
+            VmError::Firmware(format!("vSMMU {} stream {}: {e}", plan.index, f.bdf))
+        })?;
+    }
+    let model = Arc::new(Mutex::new(model));
+    mmio.insert(plan.registers.base, plan.registers.size, model.clone())?;
+    let served = model.clone();
+    let watch = FdWatch {
+        fd: event_fd,
+        on_ready: Box::new(move || {
+            served
+                .lock()
+                .expect("vSMMU lock poisoned")
+                .service_host_events();
+        }),
+    };
+    log::info!(
+        "vSMMUv3 {} at {:#x} in front of segment {} over host {}",
+        plan.index,
+        plan.registers.base,
+        plan.segment,
+        plan.host_smmu
+    );
+    Ok((
+        SmmuInstance {
+            plan: plan.clone(),
+            model,
+        },
+        watch,
+    ))
+}
