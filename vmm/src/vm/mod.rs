@@ -261,9 +261,20 @@ impl Vm {
     fn report_stats(&self) {
         for smmu in self.pci.iter().flat_map(|p| &p.smmus) {
             let stats = smmu.model.lock().expect("vSMMU lock poisoned").stats();
+            let host = *smmu.host_stats.lock().expect("stats lock poisoned");
             let line = format!(
-                "vSMMU {} (host {}): {stats:?}",
-                smmu.plan.index, smmu.plan.host_smmu
+                "vSMMU {} (host {}): guest CMD_SYNCs {}, host invalidation ioctls {} \
+                 ({} commands), nested HWPTs allocated {}, host events {} (lost {}); \
+                 guest commands by opcode {:?}",
+                smmu.plan.index,
+                smmu.plan.host_smmu,
+                stats.cmd_syncs,
+                host.invalidation_ioctls,
+                host.invalidation_commands,
+                host.hwpt_allocations,
+                host.events,
+                host.lost_events,
+                stats.commands
             );
             log::info!("{line}");
             if self.print_stats {

@@ -19,7 +19,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::VmError;
 use super::event_loop::FdWatch;
-use crate::nested::{NestedSmmu, StreamState};
+use crate::nested::{NestedSmmu, NestedStats, StreamState};
 
 /// A function behind a vSMMU: its VFIO device, iommufd device ID, StreamID (= RID), host BDF.
 pub struct SmmuFunction {
@@ -29,8 +29,17 @@ pub struct SmmuFunction {
     pub bdf: String,
 }
 
-/// The nested backend as the model's `SmmuBackend`.
-struct Nested(NestedSmmu);
+/// The nested backend as the model's `SmmuBackend`, publishing its host-side counters.
+struct Nested {
+    smmu: NestedSmmu,
+    stats: Arc<Mutex<NestedStats>>,
+}
+
+impl Nested {
+    fn publish(&self) {
+        *self.stats.lock().expect("stats lock") = self.smmu.stats();
+    }
+}
 
 impl SmmuBackend for Nested {
     fn set_stream(&mut self, sid: u32, config: StreamConfig) -> Result<(), BackendError> {
@@ -39,15 +48,21 @@ impl SmmuBackend for Nested {
             StreamConfig::Bypass => StreamState::Bypass,
             StreamConfig::Stage1 { ste } => StreamState::Stage1(ste),
         };
-        Ok(self.0.set_stream(sid, state)?)
+        let result = self.smmu.set_stream(sid, state);
+        self.publish();
+        Ok(result?)
     }
 
     fn invalidate(&mut self, commands: &[[u64; 2]]) -> Result<usize, BackendError> {
-        Ok(self.0.invalidate(commands)?)
+        let result = self.smmu.invalidate(commands);
+        self.publish();
+        Ok(result?)
     }
 
     fn read_events(&mut self) -> Result<EventBatch, BackendError> {
-        let (events, lost) = self.0.read_events()?;
+        let result = self.smmu.read_events();
+        self.publish();
+        let (events, lost) = result?;
         Ok(EventBatch { events, lost })
     }
 }
@@ -101,6 +116,7 @@ fn features(f: &arch::platform::SmmuFeatures) -> SmmuFeatures {
 pub struct SmmuInstance {
     pub plan: VirtualSmmu,
     pub model: Arc<Mutex<Smmuv3>>,
+    pub host_stats: Arc<Mutex<NestedStats>>,
 }
 
 /// Builds the vSMMU `plan` over its host SMMU for `functions`, puts it on the bus and returns it
@@ -139,10 +155,15 @@ pub fn attach(
         gerror: irq(plan.gerror_irq)?,
         sync: irq(plan.sync_irq)?,
     };
+    let host_stats = Arc::new(Mutex::new(nested.stats()));
+    let backend = Nested {
+        smmu: nested,
+        stats: host_stats.clone(),
+    };
     let mut model = Smmuv3::new(
         features(&plan.features),
         Box::new(memory.clone()),
-        Box::new(Nested(nested)),
+        Box::new(backend),
         Box::new(irqs),
     )
     .map_err(|e| VmError::Firmware(format!("vSMMU {}: {e}", plan.index)))?;
@@ -174,6 +195,7 @@ pub fn attach(
         SmmuInstance {
             plan: plan.clone(),
             model,
+            host_stats,
         },
         watch,
     ))
