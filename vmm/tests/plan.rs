@@ -273,3 +273,71 @@ fn dump_platform_writes_the_plan_and_every_table() {
     assert!(plan["platform"]["vcpus"].as_u64().is_some());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The guest tables of a three-SMMU plan, decoded by the standard tools: the IORT has three
+/// SMMUv3 nodes and the ACPI guest's RMRs, the device tree three `arm,smmu-v3` nodes each named by
+/// one PCIe node's `iommu-map`.
+#[test]
+fn three_vsmmus_in_the_iort_and_the_device_tree() {
+    if !cfg!(target_arch = "aarch64") {
+        return;
+    }
+    let kernel = repo().join("Cargo.toml");
+    for boot in ["acpi", "dt"] {
+        let dir =
+            std::env::temp_dir().join(format!("microvmm-3smmu-{boot}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let out = microvmm(&[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--boot",
+            boot,
+            "--iommu",
+            "nested-smmuv3",
+            "--dry-run",
+            "--dump-platform",
+            dir.to_str().unwrap(),
+            "--host-description",
+            &host("three-smmus.json"),
+            "--device",
+            "vfio=0000:02:00.0",
+            "--device",
+            "vfio=0000:09:00.0",
+            "--device",
+            "vfio=0000:11:00.0",
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if boot == "acpi" {
+            let decoded = Command::new("iasl")
+                .args(["-d", "IORT.aml"])
+                .current_dir(&dir)
+                .output()
+                .unwrap();
+            assert!(decoded.status.success());
+            let dsl = std::fs::read_to_string(dir.join("IORT.dsl")).unwrap();
+            let smmus = dsl.matches("Type : 04").count();
+            assert_eq!(smmus, 3, "SMMUv3 nodes in\n{dsl}");
+            assert_eq!(
+                dsl.matches("Type : 02").count(),
+                3,
+                "one root complex per bridge"
+            );
+            assert_eq!(dsl.matches("Type : 06").count(), 3, "one RMR per vSMMU");
+        } else {
+            let dts = Command::new("dtc")
+                .args(["-I", "dtb", "-O", "dts", "guest.dtb"])
+                .current_dir(&dir)
+                .output()
+                .unwrap();
+            let dts = String::from_utf8_lossy(&dts.stdout);
+            assert_eq!(dts.matches("\"arm,smmu-v3\"").count(), 3, "{dts}");
+            assert_eq!(dts.matches("iommu-map = ").count(), 3, "{dts}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
