@@ -28,6 +28,15 @@ pub mod phandle {
     pub const fn smmu(index: u16) -> u32 {
         SMMU_BASE + index as u32
     }
+
+    /// The reserved-memory node over the host MSI window (vSMMUs' guests identity-map it).
+    pub const MSI_WINDOW: u32 = 3;
+
+    /// A PCI function's child node under its host bridge (only functions behind a vSMMU get
+    /// one): segment and RID make it unique.
+    pub const fn pci_function(segment: u16, rid: u16) -> u32 {
+        0x0100_0000 | (segment as u32) << 16 | rid as u32
+    }
 }
 
 /// First cell of a GIC interrupt specifier (bindings/interrupt-controller/arm,gic-v3.yaml).
@@ -547,6 +556,9 @@ pub fn device_tree(platform: &Platform) -> Result<Vec<u8>, FdtError> {
     for host in &machine.pcie {
         pcie_node(&mut fdt, host, machine.pcie_iommu(host.bridge).as_ref())?;
     }
+    if let Some(window) = machine.smmus.first().map(|s| s.msi_window) {
+        msi_window_node(&mut fdt, &machine, window)?;
+    }
     aliases_node(&mut fdt, &machine)?;
     chosen_node(&mut fdt, &machine)?;
     fdt.end_node(root)?;
@@ -755,7 +767,78 @@ fn pcie_node(
     fdt.property_u32("#interrupt-cells", PCI_INTERRUPT_CELLS)?;
     fdt.property_array_u32("interrupt-map-mask", &PCI_INTERRUPT_MAP_MASK)?;
     fdt.property_array_u32("interrupt-map", &interrupt_map(&bridge.intx))?;
+    if iommu.is_some() {
+        for function in &bridge.functions {
+            pci_function_node(fdt, bridge.segment, function)?;
+        }
+    }
     fdt.end_node(node)?;
+    Ok(())
+}
+
+/// A function behind a vSMMU, so that Linux gives its `struct device` an OF node whose
+/// `memory-region` names the MSI window (bindings/pci/pci.txt unit address: device,function;
+/// `reg` in the bus's 3+2 cells with bus/device/function in the first).
+fn pci_function_node(
+    fdt: &mut FdtWriter,
+    segment: u16,
+    function: &crate::platform::PciFunction,
+) -> Result<(), FdtError> {
+    let node = fdt.begin_node(&format!(
+        "dev@{:x},{:x}",
+        function.device, function.function
+    ))?;
+    let hi = u32::from(function.bus) << 16
+        | u32::from(function.device) << 11
+        | u32::from(function.function) << 8;
+    fdt.property_array_u32("reg", &[hi, 0, 0, 0, 0])?;
+    fdt.property_u32("memory-region", phandle::MSI_WINDOW)?;
+    fdt.property_phandle(phandle::pci_function(segment, function.rid))?;
+    fdt.end_node(node)?;
+    Ok(())
+}
+
+/// The host kernel's MSI window, which a nested vSMMU's guest must identity-map in stage 1 (the
+/// device tree's RMR): a `no-map` reserved-memory region whose `iommu-addresses` name every
+/// function behind a vSMMU at IOVA = its address (bindings/reserved-memory/reserved-memory.yaml;
+/// Linux turns it into an IOMMU_RESV_DIRECT region, drivers/iommu/of_iommu.c). Each entry is in
+/// the function's bus cells: a 3-cell PCI address (flags 0) and a 2-cell size.
+fn msi_window_node(
+    fdt: &mut FdtWriter,
+    machine: &Machine,
+    window: GuestRange,
+) -> Result<(), FdtError> {
+    let parent = fdt.begin_node("reserved-memory")?;
+    fdt.property_u32("#address-cells", 2)?;
+    fdt.property_u32("#size-cells", 2)?;
+    fdt.property_null("ranges")?;
+    let node = fdt.begin_node(&format!("msi-window@{:x}", window.base))?;
+    reg_property(fdt, &[window])?;
+    fdt.property_null("no-map")?;
+    let mut cells = Vec::new();
+    for smmu in &machine.smmus {
+        let Some(host) = machine
+            .pcie
+            .iter()
+            .find(|h| h.bridge.segment == smmu.segment)
+        else {
+            continue;
+        };
+        for function in &host.bridge.functions {
+            cells.extend([
+                phandle::pci_function(smmu.segment, function.rid),
+                0,
+                (window.base >> 32) as u32,
+                window.base as u32,
+                (window.size >> 32) as u32,
+                window.size as u32,
+            ]);
+        }
+    }
+    fdt.property_array_u32("iommu-addresses", &cells)?;
+    fdt.property_phandle(phandle::MSI_WINDOW)?;
+    fdt.end_node(node)?;
+    fdt.end_node(parent)?;
     Ok(())
 }
 
@@ -1734,8 +1817,37 @@ mod tests {
                 .keys()
                 .filter(|p| !plain.nodes.contains_key(*p))
                 .collect();
-            assert_eq!(extra.len(), segments.len());
-            assert!(extra.iter().all(|p| p.starts_with("/iommu@")), "{extra:?}");
+            let smmu_nodes = extra.iter().filter(|p| p.starts_with("/iommu@")).count();
+            assert_eq!(smmu_nodes, segments.len());
+            // The rest: the MSI window and one child node per function behind a vSMMU.
+            for path in extra.iter().filter(|p| !p.starts_with("/iommu@")) {
+                assert!(
+                    path.starts_with("/reserved-memory") || path.contains("/dev@"),
+                    "{path}"
+                );
+            }
+            let window = "/reserved-memory/msi-window@8000000";
+            let entries = parse_cells(with.get(window, "iommu-addresses"));
+            assert_eq!(entries.len() % 6, 0);
+            for entry in entries.chunks(6) {
+                assert_eq!(
+                    &entry[1..],
+                    [0, 0, 0x800_0000, 0, 0x10_0000],
+                    "IOVA = address"
+                );
+                let owner = with
+                    .nodes
+                    .iter()
+                    .find(|(_, props)| props.contains(&("phandle".into(), cells(&[entry[0]]))))
+                    .map(|(path, _)| path.clone())
+                    .expect("iommu-addresses names a node");
+                assert!(owner.contains("/dev@"), "{owner}");
+                assert_eq!(
+                    with.get(&owner, "memory-region"),
+                    cells(&[phandle::MSI_WINDOW])
+                );
+            }
+            assert_eq!(with.get(window, "no-map"), "");
 
             // Every phandle is unique; iommu-maps name vSMMU nodes only.
             let mut owners = BTreeMap::new();
@@ -1746,7 +1858,9 @@ mod tests {
                     }
                 }
             }
-            assert_eq!(owners.len(), 2 + segments.len());
+            // GIC, ITS, each vSMMU, the MSI window and each function behind a vSMMU.
+            let functions = entries.len() / 6;
+            assert_eq!(owners.len(), 2 + segments.len() + 1 + functions);
             for (path, props) in &with.nodes {
                 for (name, value) in props {
                     if name == "iommu-map" {

@@ -194,16 +194,6 @@ fn guest_memory(vm: &VmFd, regions: &[GuestRange]) -> Result<GuestMemoryMmap, Vm
 pub fn build(config: &VmConfig, exit: Arc<ExitSignal>) -> Result<Vm, VmError> {
     let host = crate::host::Host::default().describe(config)?;
     let mut platform = plan::platform(config, HostArch::current(), &host)?;
-    if !platform.smmus.is_empty()
-        && platform.firmware == arch::platform::FirmwareInterface::DeviceTree
-    {
-        // Said at the edge until the DT description of the MSI window lands (issue 5).
-        log::warn!(
-            "device-tree guests cannot yet be told to identity-map the host MSI window behind a \
-             vSMMU: MSIs work with identity domains (iommu.passthrough=1); use --boot acpi for \
-             translated domains"
-        );
-    }
     let hosts = host.devices;
     let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
     let vm = Arc::new(guest::create_vm(&kvm)?);
