@@ -10,3 +10,15 @@ pub mod nested;
 pub mod plan;
 pub mod vfio;
 pub mod vm;
+
+/// An error and its causes on one line, `outer: cause: root cause`.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -7,17 +7,7 @@ use vmm::config::{ConfigError, HostArch};
 /// Configuration problems end the process with this status before anything touches KVM.
 const CONFIG_ERROR: u8 = 2;
 
-/// The error and its causes on one line.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+use vmm::error_chain as chain;
 
 /// `--dry-run` / `--dump-platform`: plan for this host (or a described one), print and/or dump.
 fn plan_only(cli: &Cli, config: &vmm::config::VmConfig, arch: HostArch) -> Result<(), String> {

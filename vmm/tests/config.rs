@@ -2,17 +2,12 @@
 //! its expected message, and the `microvmm` binary's handling of them (status 2, before any KVM
 //! call: these tests pass on machines without /dev/kvm).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use std::path::PathBuf;
+
+use common::{microvmm, repo};
 use vmm::config::{HostArch, VmConfig};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 /// A real, readable file standing in for a kernel.
 fn kernel_stand_in() -> PathBuf {
@@ -93,28 +88,6 @@ fn examples_parse_and_name_only_missing_lab_files() {
         }
     }
     assert!(seen >= 3, "examples missing");
-}
-
-fn microvmm(args: &[&str]) -> std::process::Output {
-    let binary = env!("CARGO_BIN_EXE_microvmm");
-    // An aarch64 test run on an x86 host is itself under qemu-user, which does not follow exec.
-    let runner: Vec<&str> = option_env!("MICROVMM_AARCH64_TEST_RUNNER")
-        .filter(|_| cfg!(target_arch = "aarch64"))
-        .map(|r| r.split_whitespace().collect())
-        .filter(|r: &Vec<&str>| {
-            r.first()
-                .is_some_and(|p| Path::new("/usr/bin").join(p).exists())
-        })
-        .unwrap_or_default();
-    let mut command = match runner.split_first() {
-        Some((program, runner_args)) => {
-            let mut c = Command::new(program);
-            c.args(runner_args).arg(binary);
-            c
-        }
-        None => Command::new(binary),
-    };
-    command.args(args).output().unwrap()
 }
 
 #[test]

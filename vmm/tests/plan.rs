@@ -1,17 +1,12 @@
 //! `--dry-run` with `--host-description`: plans for hosts this machine is not, checked through the
 //! binary's JSON output and the tables `--dump-platform` writes.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::Command;
 
+use common::{microvmm, repo};
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn host(name: &str) -> String {
     repo()
@@ -20,27 +15,6 @@ fn host(name: &str) -> String {
         .to_str()
         .unwrap()
         .to_string()
-}
-
-fn microvmm(args: &[&str]) -> std::process::Output {
-    let binary = env!("CARGO_BIN_EXE_microvmm");
-    let runner: Vec<&str> = option_env!("MICROVMM_AARCH64_TEST_RUNNER")
-        .filter(|_| cfg!(target_arch = "aarch64"))
-        .map(|r| r.split_whitespace().collect())
-        .filter(|r: &Vec<&str>| {
-            r.first()
-                .is_some_and(|p| Path::new("/usr/bin").join(p).exists())
-        })
-        .unwrap_or_default();
-    let mut command = match runner.split_first() {
-        Some((program, rest)) => {
-            let mut c = Command::new(program);
-            c.args(rest).arg(binary);
-            c
-        }
-        None => Command::new(binary),
-    };
-    command.args(args).output().unwrap()
 }
 
 /// The nested-smmuv3 plan for a described host, or None where this binary plans x86 guests.

@@ -13,7 +13,6 @@
 mod iommu;
 mod sysfs;
 
-use std::error::Error;
 use std::process::ExitCode;
 
 use sysfs::{Bdf, Sysfs};
@@ -21,17 +20,7 @@ use sysfs::{Bdf, Sysfs};
 const USAGE: &str = "usage: labcheck iommus | groups BDF[,BDF..]... | vfio BDF... | nesting BDF... \
      | nested-backend BDF... | kvm";
 
-/// The error and its causes on one line.
-fn chain(err: &dyn Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+use vmm::error_chain as chain;
 
 fn parse_bdfs(args: &[String]) -> Result<Vec<Bdf>, String> {
     if args.is_empty() {
