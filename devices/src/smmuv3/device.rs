@@ -6,6 +6,7 @@ use std::ops::RangeInclusive;
 
 use log::{debug, warn};
 
+use super::FeatureRegisters;
 use super::backend::{GuestMemoryAccess, SmmuBackend, SmmuInterrupts, SmmuIrq, StreamConfig};
 use super::command::{COMMAND_BYTES, Command, SyncSignal};
 use super::event::{EVENT_BYTES, Event};
@@ -116,9 +117,9 @@ impl Smmuv3 {
         backend: Box<dyn SmmuBackend>,
         interrupts: Box<dyn SmmuInterrupts>,
     ) -> Result<Self, SmmuError> {
-        features.validate()?;
+        super::validate_features(&features)?;
         Ok(Smmuv3 {
-            idr: features.id_registers(),
+            idr: super::id_registers(&features),
             features,
             memory,
             backend,

@@ -34,30 +34,8 @@ pub const CMDQS: u8 = 12;
 /// log2 of the largest event queue (IDR1.EVENTQS): 1024 entries, 32 KiB.
 pub const EVENTQS: u8 = 10;
 
-/// What the vSMMU advertises: the VMM copies `arch::platform::SmmuFeatures` field by field (the
-/// plan computed them from the host's IDRs; `devices` does not depend on `arch`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SmmuFeatures {
-    /// IDR0.ST_LEVEL: a 2-level stream table is offered (linear always is).
-    pub two_level_stream_table: bool,
-    /// IDR1.SIDSIZE.
-    pub sid_bits: u8,
-    /// IDR1.SSIDSIZE (0: no SubstreamIDs).
-    pub ssid_bits: u8,
-    /// IDR5.OAS in bits: 32, 36, 40, 42, 44, 48 or 52.
-    pub oas_bits: u8,
-    pub granule_4k: bool,
-    pub granule_16k: bool,
-    pub granule_64k: bool,
-    /// IDR3.RIL.
-    pub range_invalidation: bool,
-    /// IDR0.ASID16.
-    pub asid16: bool,
-    /// IDR0.CD2L.
-    pub two_level_cd_table: bool,
-    /// IDR0.STALL_MODEL (0 stall and terminate, 1 terminate only, 2 forced stall).
-    pub stall_model: u8,
-}
+/// What the vSMMU advertises: the plan's feature set, computed from the host's IDRs.
+pub use arch::platform::SmmuFeatures;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SmmuError {
@@ -67,9 +45,27 @@ pub enum SmmuError {
     StreamId { sid: u32, sid_bits: u8 },
 }
 
-impl SmmuFeatures {
+/// Checks every field of `features` fits its IDR encoding.
+pub fn validate_features(features: &SmmuFeatures) -> Result<(), SmmuError> {
+    features.check()
+}
+
+/// IDR0-5 for `features` plus the fixed bits the model implements.
+pub fn id_registers(features: &SmmuFeatures) -> [u32; 6] {
+    features.encode()
+}
+
+/// The checks and encodings as methods (a local trait: the type belongs to the plan).
+pub(crate) trait FeatureRegisters {
+    fn check(&self) -> Result<(), SmmuError>;
+    fn oas_encoding(&self) -> Option<u32>;
+    fn encode(&self) -> [u32; 6];
+    fn aidr(&self) -> u32;
+}
+
+impl FeatureRegisters for SmmuFeatures {
     /// Checks every field fits its IDR encoding.
-    pub fn validate(&self) -> Result<(), SmmuError> {
+    fn check(&self) -> Result<(), SmmuError> {
         let bad = |field, value: u8| {
             Err(SmmuError::Feature {
                 field,
@@ -109,7 +105,7 @@ impl SmmuFeatures {
     }
 
     /// IDR0..IDR5 (6.3.1-6.3.6).
-    pub fn id_registers(&self) -> [u32; 6] {
+    fn encode(&self) -> [u32; 6] {
         let flag = |on: bool, bit: u32| if on { 1 << bit } else { 0 };
         let idr0 = (1 << 1) // S1P
             | (0b10 << 2) // TTF: AArch64
@@ -133,7 +129,7 @@ impl SmmuFeatures {
     }
 
     /// AIDR: SMMUv3.1, or v3.2 when range invalidation (a v3.2 feature) is advertised.
-    pub fn aidr(&self) -> u32 {
+    fn aidr(&self) -> u32 {
         if self.range_invalidation { 0x02 } else { 0x01 }
     }
 }

@@ -37,6 +37,7 @@ fn features() -> SmmuFeatures {
         range_invalidation: true,
         asid16: true,
         two_level_cd_table: true,
+        repeat_tlbi_cfgi: false,
         stall_model: 1,
     }
 }
@@ -195,6 +196,7 @@ fn id_registers_follow_features() {
         range_invalidation: false,
         asid16: false,
         two_level_cd_table: false,
+        repeat_tlbi_cfgi: false,
         stall_model: 0,
     });
     let idr: Vec<u32> = (0..6).map(|i| h.r32(4 * i)).collect();
@@ -230,11 +232,12 @@ fn id_registers_follow_features() {
             ..features()
         },
         SmmuFeatures {
+            repeat_tlbi_cfgi: false,
             stall_model: 3,
             ..features()
         },
     ] {
-        assert!(bad.validate().is_err(), "{bad:?}");
+        assert!(validate_features(&bad).is_err(), "{bad:?}");
     }
 }
 

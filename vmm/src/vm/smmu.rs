@@ -8,8 +8,7 @@ use arch::platform::VirtualSmmu;
 use devices::bus::Bus;
 use devices::pci::MsiMessage;
 use devices::smmuv3::{
-    BackendError, EventBatch, SmmuBackend, SmmuFeatures, SmmuInterrupts, SmmuIrq, Smmuv3,
-    StreamConfig,
+    BackendError, EventBatch, SmmuBackend, SmmuInterrupts, SmmuIrq, Smmuv3, StreamConfig,
 };
 use iommufd_ioctls::IommuFd;
 use kvm_ioctls::VmFd;
@@ -96,22 +95,6 @@ impl SmmuInterrupts for WiredIrqs {
     }
 }
 
-fn features(f: &arch::platform::SmmuFeatures) -> SmmuFeatures {
-    SmmuFeatures {
-        two_level_stream_table: f.two_level_stream_table,
-        sid_bits: f.sid_bits,
-        ssid_bits: f.ssid_bits,
-        oas_bits: f.oas_bits,
-        granule_4k: f.granule_4k,
-        granule_16k: f.granule_16k,
-        granule_64k: f.granule_64k,
-        range_invalidation: f.range_invalidation,
-        asid16: f.asid16,
-        two_level_cd_table: f.two_level_cd_table,
-        stall_model: f.stall_model,
-    }
-}
-
 /// A running vSMMU, kept for its lifetime and for `--stats`.
 pub struct SmmuInstance {
     pub plan: VirtualSmmu,
@@ -161,7 +144,7 @@ pub fn attach(
         stats: host_stats.clone(),
     };
     let mut model = Smmuv3::new(
-        features(&plan.features),
+        plan.features,
         Box::new(memory.clone()),
         Box::new(backend),
         Box::new(irqs),
