@@ -561,18 +561,12 @@ impl ConfigSpace {
         body: &[u8],
         wmask: &[u8],
     ) -> Result<(), ConfigError> {
-        let bad = ConfigError::BadCapability {
+        let len = check_placement(
+            &self.capabilities,
             offset,
-            len: body.len(),
-        };
-        let len = u16::try_from(body.len()).map_err(|_| bad.clone())?;
-        let fits = offset >= FIRST_CAPABILITY
-            && offset.is_multiple_of(4)
-            && len >= 2
-            && usize::from(offset) + body.len() <= STANDARD_CONFIG_SIZE;
-        if !fits || overlaps(&self.capabilities, offset, len) {
-            return Err(bad);
-        }
+            body.len(),
+            (FIRST_CAPABILITY, 2, STANDARD_CONFIG_SIZE),
+        )?;
         self.init_bytes(offset, body, wmask)?;
         self.set_wmask(offset, &[0, 0]);
         self.capabilities.push((offset, len));
@@ -588,18 +582,12 @@ impl ConfigSpace {
         body: &[u8],
         wmask: &[u8],
     ) -> Result<(), ConfigError> {
-        let bad = ConfigError::BadCapability {
+        let len = check_placement(
+            &self.extended_capabilities,
             offset,
-            len: body.len(),
-        };
-        let len = u16::try_from(body.len()).map_err(|_| bad.clone())?;
-        let fits = offset >= FIRST_EXTENDED_CAPABILITY
-            && offset.is_multiple_of(4)
-            && len >= 4
-            && usize::from(offset) + body.len() <= CONFIG_SPACE_SIZE;
-        if !fits || overlaps(&self.extended_capabilities, offset, len) {
-            return Err(bad);
-        }
+            body.len(),
+            (FIRST_EXTENDED_CAPABILITY, 4, CONFIG_SPACE_SIZE),
+        )?;
         self.init_bytes(offset, body, wmask)?;
         self.set_wmask(offset, &[0; 4]);
         self.extended_capabilities.push((offset, len));
@@ -661,6 +649,26 @@ impl PartialEq for Slot {
                 | (Slot::Upper(_), Slot::Upper(_))
         )
     }
+}
+
+/// Where a capability of `len` bytes may go: dword-aligned, inside its list's space (`first` up to
+/// `limit`), at least its header (`header` bytes) long, clear of `list`. Returns the length.
+fn check_placement(
+    list: &[(u16, u16)],
+    offset: u16,
+    len: usize,
+    (first, header, limit): (u16, u16, usize),
+) -> Result<u16, ConfigError> {
+    let bad = || ConfigError::BadCapability { offset, len };
+    let len16 = u16::try_from(len).map_err(|_| bad())?;
+    let fits = offset >= first
+        && offset.is_multiple_of(4)
+        && len16 >= header
+        && usize::from(offset) + len <= limit;
+    if !fits || overlaps(list, offset, len16) {
+        return Err(bad());
+    }
+    Ok(len16)
 }
 
 fn overlaps(list: &[(u16, u16)], offset: u16, len: u16) -> bool {
