@@ -696,6 +696,39 @@ mod tests {
         }
     }
 
+    #[test]
+    fn capabilities_are_placed_only_where_they_fit() {
+        let mut c = ConfigSpace::new(&header());
+        c.place_capability(0x40, &[0x01, 0, 0, 0, 0, 0, 0, 0], &[0; 8])
+            .unwrap();
+        for (offset, len) in [
+            (0x3c, 8),
+            (0x42, 8),
+            (0x44, 8),
+            (0x4a, 4),
+            (0x50, 1),
+            (0xfc, 8),
+        ] {
+            assert!(
+                c.place_capability(offset, &vec![0x05; len], &vec![0; len])
+                    .is_err(),
+                "{offset:#x}+{len}"
+            );
+        }
+        c.place_extended_capability(0x100, &[0x0b, 0, 1, 0, 0, 0, 0, 0], &[0; 8])
+            .unwrap();
+        for (offset, len) in [(0xfc, 8), (0x104, 8), (0x200, 2), (0xffc, 8)] {
+            assert!(
+                c.place_extended_capability(offset, &vec![0x0b; len], &vec![0; len])
+                    .is_err(),
+                "{offset:#x}+{len}"
+            );
+        }
+        c.place_extended_capability(0x200, &[0x0b, 0, 1, 0], &[0; 4])
+            .unwrap();
+        assert_eq!(c.extended_capabilities(), [(0x100, 8), (0x200, 4)]);
+    }
+
     fn read32(config: &ConfigSpace, offset: u16) -> u32 {
         let mut b = [0u8; 4];
         config.read(offset, &mut b);
