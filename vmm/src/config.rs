@@ -8,6 +8,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::bdf::{BdfError, DeviceRef};
+
 /// The guest architecture this binary runs (microvmm runs guests of its own architecture).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostArch {
@@ -243,8 +245,8 @@ impl LogLevel {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceConfig {
-    /// Host PCI address (`DDDD:BB:DD.F`, or `BB:DD.F` in segment 0) or sysfs path of the device.
-    pub vfio: String,
+    /// Host PCI address (`DDDD:BB:DD.F`, or `BB:DD.F` in domain 0) or sysfs path of the device.
+    pub vfio: DeviceRef,
     /// The guest PCI host bridge (segment) it sits on.
     #[serde(default)]
     pub bridge: u16,
@@ -259,7 +261,9 @@ impl FromStr for DeviceConfig {
         let mut bridge = 0;
         for part in s.split(',') {
             match part.split_once('=') {
-                Some(("vfio", v)) if !v.is_empty() => vfio = Some(v.to_string()),
+                Some(("vfio", v)) if !v.is_empty() => {
+                    vfio = Some(v.parse().map_err(|e: BdfError| e.to_string())?)
+                }
                 Some(("bridge", v)) => {
                     bridge = v
                         .parse()
@@ -559,10 +563,11 @@ impl VmConfig {
         let mut per_bridge = std::collections::BTreeMap::<u16, usize>::new();
         for (i, device) in self.devices.iter().enumerate() {
             let field = format!("devices[{i}]");
-            let key = normalize_device(&device.vfio);
-            if key.is_empty() {
-                problem(&format!("{field}.vfio"), "names no device".into());
-            } else if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
+            let key = device
+                .vfio
+                .bdf()
+                .map_or_else(|| device.vfio.to_string(), |b| b.to_string());
+            if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
                 problem(
                     &format!("{field}.vfio"),
                     format!(
@@ -602,18 +607,6 @@ impl VmConfig {
 
 /// Devices sit in slots 1..=31 of their bridge's root bus (slot 0 is the host bridge).
 pub const MAX_DEVICES_PER_BRIDGE: usize = 31;
-
-/// The same host device written two ways (`02:00.0`, `0000:02:00.0`, a sysfs path) compares equal.
-pub fn normalize_device(text: &str) -> String {
-    let text = text.trim().trim_end_matches('/');
-    let name = text.rsplit('/').next().unwrap_or(text);
-    let name = if name.matches(':').count() == 1 {
-        format!("0000:{name}")
-    } else {
-        name.to_string()
-    };
-    name.to_ascii_lowercase()
-}
 
 fn readable_file(path: &Path) -> Result<(), String> {
     match fs::metadata(path) {
@@ -727,23 +720,22 @@ mod tests {
         assert_eq!(
             "vfio=0000:02:00.0,bridge=3".parse(),
             Ok(DeviceConfig {
-                vfio: "0000:02:00.0".into(),
+                vfio: DeviceRef::Bdf("0000:02:00.0".parse().unwrap()),
                 bridge: 3
             })
         );
         assert!("bridge=1".parse::<DeviceConfig>().is_err());
-        assert!("vfio=x,slot=2".parse::<DeviceConfig>().is_err());
+        assert!("vfio=02:00.0,slot=2".parse::<DeviceConfig>().is_err());
+        assert_eq!(
+            "vfio=02:00".parse::<DeviceConfig>(),
+            Err("'02:00' is not a PCI address [DDDD:]BB:DD.F (no .F)".into())
+        );
         assert_eq!(
             "id=2,mmio64=64G".parse(),
             Ok(BridgeConfig {
                 id: 2,
                 mmio64_size: Some(ByteSize(64 << 30))
             })
-        );
-        assert_eq!(normalize_device("02:00.0"), "0000:02:00.0");
-        assert_eq!(
-            normalize_device("/sys/bus/pci/devices/0000:02:00.0/"),
-            "0000:02:00.0"
         );
     }
 
@@ -759,7 +751,7 @@ mod tests {
             ..Default::default()
         };
         config.devices.extend((0..32).map(|i| DeviceConfig {
-            vfio: format!("0000:10:{i:02x}.0"),
+            vfio: format!("0000:10:{i:02x}.0").parse().unwrap(),
             bridge: 5,
         }));
         let Err(ConfigError::Invalid(problems)) = config.validate(HostArch::Aarch64) else {

@@ -1,23 +1,29 @@
 //! Host discovery: which PCI devices the configuration names, whether each is ready for
 //! passthrough (bound to vfio-pci, with a VFIO cdev), and which IOMMU instance it sits behind.
 //! Everything is read from sysfs and /dev, whose roots are parameters so tests use a fake tree.
+//!
+//! Probing a real host opens each device's VFIO cdev once and binds it to the VM's iommufd; the
+//! [`ProbedHost`] carries those handles on to the VM build, which never opens a device again.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use iommufd_ioctls::{IommuFd, IommufdError};
 use serde::{Deserialize, Serialize};
+use vfio_ioctls::{VfioDevice, VfioIommufd};
 
-use crate::config::{DeviceConfig, IommuMode, VmConfig, normalize_device};
+use crate::bdf::{DeviceRef, PciBdf};
+use crate::config::{DeviceConfig, IommuMode, VmConfig};
 
 /// A host PCI function ready to be passed through.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HostDevice {
     /// Index in the configuration's `devices` list.
     #[serde(default)]
     pub index: usize,
-    /// `DDDD:BB:DD.F`
-    pub bdf: String,
+    pub bdf: PciBdf,
     /// `/sys/bus/pci/devices/<bdf>`
     #[serde(default)]
     pub sysfs: PathBuf,
@@ -31,6 +37,7 @@ pub struct HostDevice {
 
 /// A host SMMUv3 instance as IOMMU_GET_HW_INFO reports it (type ARM_SMMUV3).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HostSmmu {
     /// The IOMMU instance name (`smmu3.0x...`).
     pub name: String,
@@ -54,39 +61,104 @@ pub struct HostDescription {
     pub smmus: Vec<HostSmmu>,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// The host a VM runs on: its description and, when it was probed here rather than read from
+/// a file, the devices opened while probing.
+pub struct ProbedHost {
+    pub description: HostDescription,
+    handles: Option<HostHandles>,
+}
+
+/// The VM's iommufd with every passed-through device bound to it, in configuration order.
+pub struct HostHandles {
+    /// The iommufd and its IOAS (empty until the build maps guest RAM into it).
+    pub ops: Arc<VfioIommufd>,
+    pub devices: Vec<OpenDevice>,
+}
+
+/// A device's VFIO cdev, opened and bound to the VM's iommufd.
+pub struct OpenDevice {
+    pub device: Arc<VfioDevice>,
+    /// Its iommufd device ID.
+    pub dev_id: u32,
+}
+
+impl ProbedHost {
+    /// A host known only by its description (`--host-description`): plannable, not bootable.
+    pub fn described(description: HostDescription) -> Self {
+        ProbedHost {
+            description,
+            handles: None,
+        }
+    }
+
+    /// The opened devices; `None` for a described host or a VM without devices.
+    pub fn handles(&self) -> Option<&HostHandles> {
+        self.handles.as_ref()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
 pub enum HostError {
-    #[error("devices[{index}] ({spec}): no such PCI device on this host")]
-    NoDevice { index: usize, spec: String },
+    #[error("devices[{index}] ({device}): no such PCI device on this host")]
+    NoDevice { index: usize, device: DeviceRef },
     #[error("devices[{index}] ({bdf}): bound to {driver}, not vfio-pci")]
     NotVfio {
         index: usize,
-        bdf: String,
+        bdf: PciBdf,
         driver: String,
     },
     #[error("devices[{index}] ({bdf}): bound to no driver; bind it to vfio-pci first")]
-    Unbound { index: usize, bdf: String },
+    Unbound { index: usize, bdf: PciBdf },
     #[error(
         "devices[{index}] ({bdf}): has no VFIO cdev (the host kernel needs CONFIG_VFIO_DEVICE_CDEV)"
     )]
-    NoCdev { index: usize, bdf: String },
+    NoCdev { index: usize, bdf: PciBdf },
     #[error("{0} is missing: the host kernel needs CONFIG_IOMMUFD for passthrough")]
     NoIommufd(PathBuf),
-    #[error("devices[{index}] ({bdf}): reading the hardware of its IOMMU {iommu}: {message}")]
+    #[error("opening /dev/iommu")]
+    OpenIommufd(#[source] IommufdError),
+    #[error("creating the guest-RAM IOAS")]
+    Ioas(#[source] vfio_ioctls::VfioError),
+    #[error("devices[{index}] ({bdf}): opening its VFIO cdev and binding it to iommufd")]
+    Open {
+        index: usize,
+        bdf: PciBdf,
+        #[source]
+        source: vfio_ioctls::VfioError,
+    },
+    #[error("devices[{index}] ({bdf}): bound to iommufd without a device ID")]
+    NoDevId { index: usize, bdf: PciBdf },
+    #[error("devices[{index}] ({bdf}): reading the hardware of its IOMMU {iommu}")]
     HwInfo {
         index: usize,
-        bdf: String,
+        bdf: PciBdf,
         iommu: String,
-        message: String,
+        #[source]
+        source: IommufdError,
     },
-    #[error("host description {path}: {message}")]
-    Description { path: PathBuf, message: String },
+    #[error("host description {path}")]
+    Description {
+        path: PathBuf,
+        #[source]
+        source: DescriptionError,
+    },
     #[error("host description: devices[{index}] is {found}, but the configuration names {wanted}")]
     DescriptionMismatch {
         index: usize,
-        found: String,
-        wanted: String,
+        found: PciBdf,
+        wanted: DeviceRef,
     },
+}
+
+/// Why a host description file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DescriptionError {
+    #[error("reading it")]
+    Read(#[source] std::io::Error),
+    #[error("parsing it")]
+    Parse(#[source] serde_json::Error),
+    #[error("describes {found} devices, the configuration names {wanted}")]
+    DeviceCount { found: usize, wanted: usize },
 }
 
 /// The host's sysfs and /dev.
@@ -126,38 +198,46 @@ impl Host {
             .collect()
     }
 
-    /// Probes the configured devices and, for nested translation, reads the hardware of every
-    /// host IOMMU instance they sit behind.
-    pub fn describe(&self, config: &VmConfig) -> Result<HostDescription, HostError> {
+    /// Probes the configured devices, opens each one's cdev on the VM's iommufd and, for nested
+    /// translation, reads the hardware of every host IOMMU instance they sit behind.
+    pub fn describe(&self, config: &VmConfig) -> Result<ProbedHost, HostError> {
         let devices = self.probe(&config.devices)?;
+        if devices.is_empty() {
+            return Ok(ProbedHost::described(HostDescription::default()));
+        }
+        let handles = open_devices(&devices)?;
         let mut smmus: Vec<HostSmmu> = Vec::new();
         if config.iommu == IommuMode::NestedSmmuv3 {
-            for device in &devices {
+            for (device, open) in devices.iter().zip(&handles.devices) {
                 let Some(name) = &device.iommu else { continue };
                 if smmus.iter().any(|s| &s.name == name) {
                     continue;
                 }
-                if let Some(smmu) = read_hw_info(device, name)? {
+                if let Some(smmu) = read_hw_info(handles.ops.iommufd(), device, open, name)? {
                     smmus.push(smmu);
                 }
             }
         }
-        Ok(HostDescription { devices, smmus })
+        Ok(ProbedHost {
+            description: HostDescription { devices, smmus },
+            handles: Some(handles),
+        })
     }
 
-    fn device(&self, index: usize, spec: &str) -> Result<HostDevice, HostError> {
+    fn device(&self, index: usize, spec: &DeviceRef) -> Result<HostDevice, HostError> {
         let no_device = || HostError::NoDevice {
             index,
-            spec: spec.to_string(),
+            device: spec.clone(),
         };
-        let bdf = if spec.starts_with('/') {
+        let bdf = match spec {
+            DeviceRef::Bdf(bdf) => *bdf,
             // A sysfs path: whatever it resolves to, its last component is the address.
-            let real = fs::canonicalize(spec).map_err(|_| no_device())?;
-            base_name(&real).ok_or_else(no_device)?
-        } else {
-            normalize_device(spec)
+            DeviceRef::Sysfs(path) => fs::canonicalize(path)
+                .ok()
+                .and_then(|real| base_name(&real)?.parse().ok())
+                .ok_or_else(no_device)?,
         };
-        let sysfs = self.sys.join("bus/pci/devices").join(&bdf);
+        let sysfs = self.sys.join("bus/pci/devices").join(bdf.to_string());
         if !sysfs.join("config").exists() {
             return Err(no_device());
         }
@@ -183,10 +263,7 @@ impl Host {
                     .map(|e| e.file_name().to_string_lossy().into_owned())
                     .find(|n| n.starts_with("vfio"))
             })
-            .ok_or_else(|| HostError::NoCdev {
-                index,
-                bdf: bdf.clone(),
-            })?;
+            .ok_or(HostError::NoCdev { index, bdf })?;
         let iommu = fs::read_link(sysfs.join("iommu"))
             .ok()
             .and_then(|t| base_name(&t));
@@ -200,33 +277,55 @@ impl Host {
     }
 }
 
+/// One iommufd for the VM, and every device's cdev bound to it (not yet attached: the build
+/// attaches each to the guest-RAM IOAS or to its vSMMU's page tables).
+fn open_devices(devices: &[HostDevice]) -> Result<HostHandles, HostError> {
+    let iommufd = Arc::new(IommuFd::new().map_err(HostError::OpenIommufd)?);
+    let ops = Arc::new(VfioIommufd::new(iommufd, None, None).map_err(HostError::Ioas)?);
+    let devices = devices
+        .iter()
+        .map(|d| {
+            let device = VfioDevice::new(&d.sysfs, ops.clone(), false).map_err(|source| {
+                HostError::Open {
+                    index: d.index,
+                    bdf: d.bdf,
+                    source,
+                }
+            })?;
+            let dev_id = device.iommufd_dev_id().ok_or(HostError::NoDevId {
+                index: d.index,
+                bdf: d.bdf,
+            })?;
+            Ok(OpenDevice {
+                device: Arc::new(device),
+                dev_id,
+            })
+        })
+        .collect::<Result<_, HostError>>()?;
+    Ok(HostHandles { ops, devices })
+}
+
 /// IOMMU_GET_HW_INFO through a device behind the instance (the uAPI asks per device); None when
-/// the IOMMU is not an SMMUv3 (such devices get a bridge without a vSMMU).
-fn read_hw_info(device: &HostDevice, iommu: &str) -> Result<Option<HostSmmu>, HostError> {
+/// the IOMMU is not an SMMUv3 (the plan decides what such devices get).
+fn read_hw_info(
+    iommufd: &IommuFd,
+    device: &HostDevice,
+    open: &OpenDevice,
+    iommu: &str,
+) -> Result<Option<HostSmmu>, HostError> {
     use iommufd_bindings::iommufd::{
         iommu_hw_info_arm_smmuv3, iommu_hw_info_type_IOMMU_HW_INFO_TYPE_ARM_SMMUV3,
     };
-    use iommufd_ioctls::{IommuFd, IommufdHwInfoData};
-    let fail = |message: String| HostError::HwInfo {
-        index: device.index,
-        bdf: device.bdf.clone(),
-        iommu: iommu.to_string(),
-        message,
-    };
-    let iommufd = Arc::new(IommuFd::new().map_err(|e| fail(e.to_string()))?);
-    let ops = Arc::new(
-        vfio_ioctls::VfioIommufd::new(iommufd.clone(), None, None)
-            .map_err(|e| fail(e.to_string()))?,
-    );
-    let vfio = vfio_ioctls::VfioDevice::new(&device.sysfs, ops, false)
-        .map_err(|e| fail(format!("binding its cdev: {e}")))?;
-    let dev_id = vfio
-        .iommufd_dev_id()
-        .ok_or_else(|| fail("no iommufd device id".into()))?;
+    use iommufd_ioctls::IommufdHwInfoData;
     let mut data = IommufdHwInfoData::Smmuv3(iommu_hw_info_arm_smmuv3::default());
     let info = iommufd
-        .device_hw_info(dev_id, &mut data)
-        .map_err(|e| fail(e.to_string()))?;
+        .device_hw_info(open.dev_id, &mut data)
+        .map_err(|source| HostError::HwInfo {
+            index: device.index,
+            bdf: device.bdf,
+            iommu: iommu.to_string(),
+            source,
+        })?;
     // SAFETY: both members of the union are u32; the kernel wrote out_data_type.
     let kind = unsafe { info.__bindgen_anon_1.out_data_type };
     if kind != iommu_hw_info_type_IOMMU_HW_INFO_TYPE_ARM_SMMUV3 {
@@ -246,22 +345,21 @@ impl HostDescription {
     /// Reads a description `--dry-run` printed (its "host" object, or the whole output) and
     /// checks it names the configured devices in order.
     pub fn from_file(path: &Path, config: &VmConfig) -> Result<Self, HostError> {
-        let err = |message: String| HostError::Description {
+        let err = |source| HostError::Description {
             path: path.to_path_buf(),
-            message,
+            source,
         };
-        let text = fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let text = fs::read_to_string(path).map_err(|e| err(DescriptionError::Read(e)))?;
         let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+            serde_json::from_str(&text).map_err(|e| err(DescriptionError::Parse(e)))?;
         let host = value.get("host").cloned().unwrap_or(value);
         let mut description: HostDescription =
-            serde_json::from_value(host).map_err(|e| err(e.to_string()))?;
+            serde_json::from_value(host).map_err(|e| err(DescriptionError::Parse(e)))?;
         if description.devices.len() != config.devices.len() {
-            return Err(err(format!(
-                "describes {} devices, the configuration names {}",
-                description.devices.len(),
-                config.devices.len()
-            )));
+            return Err(err(DescriptionError::DeviceCount {
+                found: description.devices.len(),
+                wanted: config.devices.len(),
+            }));
         }
         for (index, (host, wanted)) in description
             .devices
@@ -270,10 +368,10 @@ impl HostDescription {
             .enumerate()
         {
             host.index = index;
-            if normalize_device(&host.bdf) != normalize_device(&wanted.vfio) {
+            if wanted.vfio.bdf() != Some(host.bdf) {
                 return Err(HostError::DescriptionMismatch {
                     index,
-                    found: host.bdf.clone(),
+                    found: host.bdf,
                     wanted: wanted.vfio.clone(),
                 });
             }
@@ -341,7 +439,7 @@ mod tests {
         specs
             .iter()
             .map(|s| DeviceConfig {
-                vfio: s.to_string(),
+                vfio: s.parse().unwrap(),
                 bridge: 0,
             })
             .collect()
@@ -353,14 +451,14 @@ mod tests {
         fake.device("0000:02:00.0", Some("vfio-pci"), Some("smmu3.0x9050000"));
         let path = fake.root.join("sys/bus/pci/devices/0000:02:00.0");
         let found = fake.host().probe(&devices(&["02:00.0"])).unwrap().remove(0);
-        assert_eq!(found.bdf, "0000:02:00.0");
+        assert_eq!(found.bdf.to_string(), "0000:02:00.0");
         assert_eq!(found.cdev, fake.root.join("dev/vfio/devices/vfio7"));
         assert_eq!(found.iommu.as_deref(), Some("smmu3.0x9050000"));
         let by_path = fake
             .host()
             .probe(&devices(&[path.to_str().unwrap()]))
             .unwrap();
-        assert_eq!(by_path[0].bdf, "0000:02:00.0");
+        assert_eq!(by_path[0].bdf.to_string(), "0000:02:00.0");
     }
 
     #[test]
@@ -394,9 +492,8 @@ mod tests {
             host.probe(&devices(&["0000:09:00.0"])),
             Err(HostError::NoIommufd(_))
         ));
-        assert_eq!(
-            host.probe(&[]),
-            Ok(Vec::new()),
+        assert!(
+            host.probe(&[]).unwrap().is_empty(),
             "no devices, no requirements"
         );
     }

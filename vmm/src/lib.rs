@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: configuration (CLI + JSON) -> plan -> build (arch encoders, devices) -> run.
 
+pub mod bdf;
 pub mod cli;
 pub mod config;
 pub mod dump;

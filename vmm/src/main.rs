@@ -3,22 +3,30 @@ use std::process::ExitCode;
 use clap::Parser;
 use vmm::cli::Cli;
 use vmm::config::{ConfigError, HostArch};
+use vmm::host::ProbedHost;
 
 /// Configuration problems end the process with this status before anything touches KVM.
 const CONFIG_ERROR: u8 = 2;
 
 use vmm::error_chain as chain;
 
-/// `--dry-run` / `--dump-platform`: plan for this host (or a described one), print and/or dump.
-fn plan_only(cli: &Cli, config: &vmm::config::VmConfig, arch: HostArch) -> Result<(), String> {
+/// Why microvmm stopped before the guest started: status 2 (bad input) for anything the
+/// configuration, the host's devices or the plan refuse.
+fn prepare(
+    cli: &Cli,
+    config: &vmm::config::VmConfig,
+    arch: HostArch,
+) -> Result<(ProbedHost, arch::platform::Platform), String> {
     let host = match &cli.host_description {
-        Some(path) => vmm::host::HostDescription::from_file(path, config),
+        Some(path) => {
+            vmm::host::HostDescription::from_file(path, config).map(ProbedHost::described)
+        }
         None => vmm::host::Host::default().describe(config),
     }
     .map_err(|e| chain(&e))?;
-    let platform = vmm::plan::platform(config, arch, &host).map_err(|e| chain(&e))?;
+    let platform = vmm::plan::platform(config, arch, &host.description).map_err(|e| chain(&e))?;
     let report = vmm::dump::PlanReport {
-        host: &host,
+        host: &host.description,
         platform: &platform,
     };
     if let Some(dir) = &cli.dump_platform {
@@ -28,7 +36,7 @@ fn plan_only(cli: &Cli, config: &vmm::config::VmConfig, arch: HostArch) -> Resul
     if cli.dry_run {
         println!("{}", report.to_json());
     }
-    Ok(())
+    Ok((host, platform))
 }
 
 fn main() -> ExitCode {
@@ -60,32 +68,26 @@ fn main() -> ExitCode {
         eprintln!("microvmm: --host-description plans for another host; it needs --dry-run");
         return ExitCode::from(CONFIG_ERROR);
     }
-    if cli.dry_run || cli.dump_platform.is_some() {
-        match plan_only(&cli, &config, arch) {
-            Ok(()) if cli.dry_run => return ExitCode::SUCCESS,
-            Ok(()) => {}
-            Err(text) => {
-                eprintln!("microvmm: {text}");
-                return ExitCode::from(CONFIG_ERROR);
-            }
+    // Probed once, planned once: --dry-run, --dump-platform and the boot all use this plan.
+    let (host, platform) = match prepare(&cli, &config, arch) {
+        Ok(prepared) => prepared,
+        Err(text) => {
+            eprintln!("microvmm: {text}");
+            return ExitCode::from(CONFIG_ERROR);
         }
+    };
+    if cli.dry_run {
+        return ExitCode::SUCCESS;
     }
 
-    match vmm::vm::run(&config) {
+    match vmm::vm::run(&config, &platform, &host) {
         Ok(exit) => {
             log::info!("guest ended: {exit:?}");
             ExitCode::from(exit.status() as u8)
         }
         Err(e) => {
-            // Devices the host cannot pass through are bad input, like a bad config.
-            let status = match e {
-                vmm::vm::VmError::Host(_) | vmm::vm::VmError::Plan(_) => {
-                    ExitCode::from(CONFIG_ERROR)
-                }
-                _ => ExitCode::FAILURE,
-            };
             eprintln!("microvmm: {}", chain(&e));
-            status
+            ExitCode::FAILURE
         }
     }
 }

@@ -82,7 +82,7 @@ fn nested_assignment(
         let smmu = smmu_of(members[0]).expect("grouped by it");
         let features = smmu_features(smmu, ram_end).map_err(|reason| PlanError::Incompatible {
             smmu: name.to_string(),
-            device: first.bdf.clone(),
+            device: first.bdf.to_string(),
             reason,
         })?;
         for &m in &members {
@@ -290,9 +290,10 @@ fn pci_topology(
                         rid,
                         // Offset in the bridge's RID span, which starts at its first bus.
                         msi_device_id: msi_base + u32::from(rid) - (u32::from(ROOT_BUS) << 8),
-                        label: devices
-                            .get(index)
-                            .map_or_else(|| config.devices[index].vfio.clone(), |h| h.bdf.clone()),
+                        label: devices.get(index).map_or_else(
+                            || config.devices[index].vfio.to_string(),
+                            |h| h.bdf.to_string(),
+                        ),
                     }
                 })
                 .collect();
@@ -455,10 +456,7 @@ mod tests {
         assert_eq!(slots, [(1, 0x08, 0x08), (2, 0x10, 0x10)]);
         let b2 = &p.pci_bridges[1];
         assert_eq!(b2.functions[0].msi_device_id, (2 << 12) | 0x08);
-        assert_eq!(
-            b2.functions[0].label,
-            "vfio=03:00.0".trim_start_matches("vfio=")
-        );
+        assert_eq!(b2.functions[0].label, "0000:03:00.0");
         assert_eq!(p.pci_bridges[2].mmio64.size, 8 << 30);
         assert!(p.pci_bridges[2].functions.is_empty());
         // Windows never overlap each other, RAM or the fixed devices.

@@ -2,87 +2,149 @@
 //! the KVM VFIO device, and each assigned function's VFIO cdev behind the device model's
 //! [`VfioBackend`] trait.
 
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use devices::pci::BarRange;
 use devices::vfio_pci::{BackendError, IrqType, RegionInfo, VfioBackend};
 use iommufd_ioctls::IommuFd;
-use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
-use kvm_ioctls::VmFd;
-use vfio_ioctls::{VfioDevice, VfioDeviceFd, VfioIommufd, VfioRegionInfoCap};
+use kvm_bindings::{
+    KVM_DEV_VFIO_FILE, KVM_DEV_VFIO_FILE_ADD, kvm_create_device, kvm_device_attr,
+    kvm_device_type_KVM_DEV_TYPE_VFIO,
+};
+use kvm_ioctls::{DeviceFd, VmFd};
+use vfio_ioctls::{VfioDevice, VfioIommufd, VfioRegionInfoCap};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::host::HostDevice;
+use crate::bdf::PciBdf;
+use crate::host::{HostDevice, HostHandles};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VfioError {
-    #[error("opening /dev/iommu")]
-    Iommufd(#[source] iommufd_ioctls::IommufdError),
     #[error("creating the KVM VFIO device")]
     KvmDevice(#[source] kvm_ioctls::Error),
-    #[error("allocating the IOAS")]
-    Ioas(#[source] vfio_ioctls::VfioError),
-    #[error("mapping guest RAM into the IOAS")]
-    MapMemory(#[source] vfio_ioctls::VfioError),
-    #[error("devices[{index}] ({bdf}): opening its VFIO cdev and attaching it to the IOAS")]
-    Open {
+    #[error("devices[{index}] ({bdf}): telling KVM about its VFIO cdev")]
+    KvmFile {
         index: usize,
-        bdf: String,
+        bdf: PciBdf,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("mapping guest RAM {base:#x}+{size:#x} into the IOAS")]
+    MapMemory {
+        base: u64,
+        size: u64,
+        #[source]
+        source: vfio_ioctls::VfioError,
+    },
+    #[error("devices[{index}] ({bdf}): attaching it to the guest-RAM IOAS")]
+    Attach {
+        index: usize,
+        bdf: PciBdf,
         #[source]
         source: vfio_ioctls::VfioError,
     },
 }
 
+/// Guest RAM mapped into the IOAS: unmapped on drop, before the memory itself goes (the IOAS
+/// lives as long as the host's iommufd, across VM restarts).
+struct DmaMappings {
+    ops: Arc<VfioIommufd>,
+    ranges: Vec<(u64, usize)>,
+}
+
+impl Drop for DmaMappings {
+    fn drop(&mut self) {
+        for &(iova, size) in &self.ranges {
+            if let Err(e) = self.ops.vfio_dma_unmap(iova, size) {
+                log::warn!("unmapping guest RAM {iova:#x}+{size:#x} from the IOAS: {e}");
+            }
+        }
+    }
+}
+
 /// What every assigned device of one VM shares.
 pub struct VfioContext {
-    ops: Arc<VfioIommufd>,
+    // Field order is drop order: unmap guest RAM, then drop the KVM VFIO device.
+    dma: DmaMappings,
+    _kvm_vfio: DeviceFd,
 }
 
 impl VfioContext {
-    /// Opens iommufd, tells KVM about VFIO, and maps all of `memory` for DMA.
-    pub fn new(vm: &VmFd, memory: &GuestMemoryMmap) -> Result<Self, VfioError> {
-        let iommufd = Arc::new(IommuFd::new().map_err(VfioError::Iommufd)?);
+    /// Tells KVM about every opened device and maps all of `memory` for DMA in the IOAS the
+    /// devices are bound to.
+    pub fn new(
+        vm: &VmFd,
+        memory: &GuestMemoryMmap,
+        host: &[HostDevice],
+        handles: &HostHandles,
+    ) -> Result<Self, VfioError> {
         let mut dev = kvm_create_device {
             type_: kvm_device_type_KVM_DEV_TYPE_VFIO,
             fd: 0,
             flags: 0,
         };
         let kvm_vfio = vm.create_device(&mut dev).map_err(VfioError::KvmDevice)?;
-        let handle = Arc::new(VfioDeviceFd::new_from_kvm(kvm_vfio));
-        let ops = Arc::new(VfioIommufd::new(iommufd, None, Some(handle)).map_err(VfioError::Ioas)?);
-        for region in memory.iter() {
-            // SAFETY: the guest memory mappings outlive the IOAS: the VM drops its devices and
-            // this context (closing iommufd and with it every mapping) before guest memory.
-            unsafe {
-                ops.vfio_dma_map(
-                    region.start_addr().0,
-                    region.len() as usize,
-                    region.as_ptr(),
-                )
-            }
-            .map_err(VfioError::MapMemory)?;
+        for (d, open) in host.iter().zip(&handles.devices) {
+            let fd = open.device.as_raw_fd();
+            let attr = kvm_device_attr {
+                flags: 0,
+                group: KVM_DEV_VFIO_FILE,
+                attr: u64::from(KVM_DEV_VFIO_FILE_ADD),
+                addr: &fd as *const i32 as u64,
+            };
+            kvm_vfio
+                .set_device_attr(&attr)
+                .map_err(|source| VfioError::KvmFile {
+                    index: d.index,
+                    bdf: d.bdf,
+                    source,
+                })?;
         }
-        Ok(VfioContext { ops })
+        let mut dma = DmaMappings {
+            ops: handles.ops.clone(),
+            ranges: Vec::new(),
+        };
+        for region in memory.iter() {
+            let (base, size) = (region.start_addr().0, region.len() as usize);
+            // SAFETY: the guest memory mappings outlive the IOAS mapping: `dma` unmaps them when
+            // the VM drops this context, which it does before guest memory.
+            unsafe { dma.ops.vfio_dma_map(base, size, region.as_ptr()) }.map_err(|source| {
+                VfioError::MapMemory {
+                    base,
+                    size: size as u64,
+                    source,
+                }
+            })?;
+            dma.ranges.push((base, size));
+        }
+        Ok(VfioContext {
+            dma,
+            _kvm_vfio: kvm_vfio,
+        })
     }
 
     /// The iommufd and the IOAS holding guest RAM, for the nested vSMMU backend.
     pub fn iommufd(&self) -> (Arc<IommuFd>, u32) {
-        (self.ops.iommufd().clone(), self.ops.ioas().id())
+        (self.dma.ops.iommufd().clone(), self.dma.ops.ioas().id())
     }
 
-    /// Binds a host function's cdev to the iommufd and attaches it to the IOAS.
-    pub fn open(&self, host: &HostDevice) -> Result<HostVfio, VfioError> {
-        let device = VfioDevice::new(&host.sysfs, self.ops.clone(), true).map_err(|source| {
-            VfioError::Open {
+    /// An opened host function, attached to the guest-RAM IOAS (a vSMMU replaces that
+    /// attachment with its own page tables).
+    pub fn open(&self, host: &HostDevice, handles: &HostHandles) -> Result<HostVfio, VfioError> {
+        let open = &handles.devices[host.index];
+        open.device
+            .attach_hwpt(self.dma.ops.ioas().id())
+            .map_err(|source| VfioError::Attach {
                 index: host.index,
-                bdf: host.bdf.clone(),
+                bdf: host.bdf,
                 source,
-            }
-        })?;
+            })?;
         Ok(HostVfio {
-            device: Arc::new(device),
-            bdf: host.bdf.clone(),
+            device: open.device.clone(),
+            dev_id: open.dev_id,
+            bdf: host.bdf,
         })
     }
 }
@@ -90,12 +152,13 @@ impl VfioContext {
 /// One assigned function, through its VFIO cdev.
 pub struct HostVfio {
     device: Arc<VfioDevice>,
-    bdf: String,
+    dev_id: u32,
+    bdf: PciBdf,
 }
 
 impl Drop for HostVfio {
-    /// Leave the function quiet for whoever uses it next (the kernel resets it again on release
-    /// where it can; this covers devices whose reset needs the open fd).
+    /// Leave the function quiet for whoever uses it next (the cdev stays open across guest
+    /// restarts, so the kernel's reset on release does not run between them).
     fn drop(&mut self) {
         self.device.reset();
     }
@@ -115,8 +178,8 @@ fn irq_index(irq: IrqType) -> u32 {
 }
 
 impl HostVfio {
-    pub fn bdf(&self) -> &str {
-        &self.bdf
+    pub fn bdf(&self) -> PciBdf {
+        self.bdf
     }
 
     /// The VFIO device, for mapping its regions.
@@ -125,8 +188,8 @@ impl HostVfio {
     }
 
     /// Its iommufd device ID.
-    pub fn dev_id(&self) -> Option<u32> {
-        self.device.iommufd_dev_id()
+    pub fn dev_id(&self) -> u32 {
+        self.dev_id
     }
 }
 

@@ -33,8 +33,8 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::config::{HostArch, RebootAction, SerialConfig, VmConfig};
-use crate::plan;
+use crate::config::{RebootAction, SerialConfig, VmConfig};
+use crate::host::ProbedHost;
 use exit::{ExitSignal, GuestExit};
 use vcpu::{Buses, VcpuThreads};
 
@@ -74,10 +74,8 @@ pub enum VmError {
     },
     #[error("placing a device")]
     Bus(#[from] BusError),
-    #[error(transparent)]
-    Host(#[from] crate::host::HostError),
-    #[error(transparent)]
-    Plan(#[from] plan::PlanError),
+    #[error("the plan names host devices, but they were described, not probed on this host")]
+    NotProbed,
     #[error("passthrough")]
     Vfio(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("{step}")]
@@ -190,11 +188,14 @@ fn guest_memory(vm: &VmFd, regions: &[GuestRange]) -> Result<GuestMemoryMmap, Vm
     Ok(memory)
 }
 
-/// Builds the VM the configuration describes.
-pub fn build(config: &VmConfig, exit: Arc<ExitSignal>) -> Result<Vm, VmError> {
-    let host = crate::host::Host::default().describe(config)?;
-    let mut platform = plan::platform(config, HostArch::current(), &host)?;
-    let hosts = host.devices;
+/// Builds the VM the plan describes on the probed host.
+pub fn build(
+    config: &VmConfig,
+    plan: &Platform,
+    host: &ProbedHost,
+    exit: Arc<ExitSignal>,
+) -> Result<Vm, VmError> {
+    let mut platform = plan.clone();
     let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
     let vm = Arc::new(guest::create_vm(&kvm)?);
     let memory = guest_memory(&vm, &platform.memory)?;
@@ -232,7 +233,7 @@ pub fn build(config: &VmConfig, exit: Arc<ExitSignal>) -> Result<Vm, VmError> {
         &vm,
         &platform,
         &memory,
-        &hosts,
+        host,
         &buses.mmio,
         guest::irq_routing(&vm, &platform),
         memslots,
@@ -304,13 +305,13 @@ impl Vm {
     }
 }
 
-/// Builds and runs the configured guest, restarting it on reset when asked to.
-pub fn run(config: &VmConfig) -> Result<GuestExit, VmError> {
+/// Builds and runs the planned guest, restarting it on reset when asked to.
+pub fn run(config: &VmConfig, plan: &Platform, host: &ProbedHost) -> Result<GuestExit, VmError> {
     let signals = event_loop::signal_fd().map_err(io_err("setting up signal handling"))?;
     vcpu::install_kick_handler().map_err(io_err("installing the vCPU kick handler"))?;
     loop {
         let exit = Arc::new(ExitSignal::new().map_err(io_err("creating the exit eventfd"))?);
-        let vm = build(config, exit)?;
+        let vm = build(config, plan, host, exit)?;
         log::info!(
             "guest starting: {} vCPUs, {} MiB",
             vm.platform().vcpus,

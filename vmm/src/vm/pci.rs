@@ -19,7 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::VmError;
 use super::irq::{IrqRouting, Msi};
-use crate::host::HostDevice;
+use crate::host::{HostDevice, ProbedHost};
 use crate::vfio::VfioContext;
 
 /// Everything PCI keeps alive for the VM's lifetime.
@@ -215,7 +215,7 @@ pub fn attach(
     vm: &Arc<VmFd>,
     platform: &Platform,
     memory: &GuestMemoryMmap,
-    hosts: &[HostDevice],
+    host: &ProbedHost,
     mmio: &Bus,
     routing: IrqRouting,
     memslots: Memslots,
@@ -224,7 +224,12 @@ pub fn attach(
         return Ok(None);
     }
     let pci_err = |what: String| VmError::Firmware(what);
-    let vfio = VfioContext::new(vm, memory).map_err(|e| VmError::Vfio(Box::new(e)))?;
+    let Some(handles) = host.handles() else {
+        return Err(VmError::NotProbed);
+    };
+    let hosts = &host.description.devices;
+    let vfio =
+        VfioContext::new(vm, memory, hosts, handles).map_err(|e| VmError::Vfio(Box::new(e)))?;
     routing
         .commit()
         .map_err(|e| pci_err(format!("initial GSI routing: {e}")))?;
@@ -241,9 +246,11 @@ pub fn attach(
         for function in &bridge.functions {
             let host = hosts
                 .iter()
-                .find(|h| h.bdf == function.label)
+                .find(|h| h.bdf.to_string() == function.label)
                 .ok_or_else(|| pci_err(format!("no host device for {}", function.label)))?;
-            let backend = vfio.open(host).map_err(|e| VmError::Vfio(Box::new(e)))?;
+            let backend = vfio
+                .open(host, handles)
+                .map_err(|e| VmError::Vfio(Box::new(e)))?;
             backends.push((function, host, backend));
         }
         // The vSMMU in front of this bridge takes its functions before their models reset and
@@ -254,11 +261,9 @@ pub fn attach(
                 .map(|(function, host, backend)| {
                     Ok(super::smmu::SmmuFunction {
                         device: backend.device(),
-                        dev_id: backend.dev_id().ok_or_else(|| {
-                            pci_err(format!("{} has no iommufd device id", host.bdf))
-                        })?,
+                        dev_id: backend.dev_id(),
                         sid: u32::from(function.rid),
-                        bdf: host.bdf.clone(),
+                        bdf: host.bdf.to_string(),
                     })
                 })
                 .collect::<Result<Vec<_>, VmError>>()?;
