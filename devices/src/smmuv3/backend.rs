@@ -56,11 +56,8 @@ impl BackendStats {
 impl fmt::Display for BackendStats {
     /// `name value, name value, ...`
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, (name, value)) in self.0.iter().enumerate() {
-            let separator = if i == 0 { "" } else { ", " };
-            write!(f, "{separator}{name} {value}")?;
-        }
-        Ok(())
+        let counters: Vec<String> = self.0.iter().map(|(n, v)| format!("{n} {v}")).collect();
+        f.write_str(&counters.join(", "))
     }
 }
 

@@ -464,7 +464,7 @@ impl Smmuv3 {
             return;
         };
         if current == Some(config) {
-            if invalidation && matches!(config, StreamConfig::Stage1 { .. }) {
+            if invalidation && matches!(config, StreamConfig::Stage1(_)) {
                 self.pending.push(Invalidation::cfgi_cd_all(sid));
             }
             return;

@@ -43,7 +43,7 @@ impl SmmuBackend for FakeBackend {
     fn set_stream(&mut self, sid: u32, config: StreamConfig) -> Result<(), BackendError> {
         let mut state = self.state();
         state.stream_calls.push((sid, config));
-        if state.refuse_stage1 && matches!(config, StreamConfig::Stage1 { .. }) {
+        if state.refuse_stage1 && matches!(config, StreamConfig::Stage1(_)) {
             return Err("stage 1 refused".into());
         }
         Ok(())

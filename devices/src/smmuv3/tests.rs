@@ -536,7 +536,9 @@ fn invalidations_are_batched_per_sync() {
             vec![tlbi_nh_asid(3)]
         ]
     );
-    assert_eq!(h.dev.backend_stats().get("invalidate calls"), Some(4));
+    let backend = h.dev.backend_stats();
+    assert_eq!(backend.get("invalidate calls"), Some(4));
+    assert_eq!(backend.to_string(), "stream calls 0, invalidate calls 4");
     let stats = h.dev.stats();
     assert_eq!(stats.cmd_syncs, 4);
     assert_eq!(stats.invalidation_calls, 4);
