@@ -197,6 +197,15 @@ pub struct SmmuFeatures {
     pub repeat_tlbi_cfgi: bool,
 }
 
+/// How a vSMMU's translations reach the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmmuMode {
+    /// Guest stage 1 nested over a host stage 2 in hardware (an iommufd vIOMMU). Shadowing the
+    /// guest's tables, for host SMMUs that cannot nest, comes later.
+    Nested,
+}
+
 /// A virtual SMMUv3 in front of one PCI host bridge, nested in hardware over one host SMMU.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VirtualSmmu {
@@ -212,6 +221,7 @@ pub struct VirtualSmmu {
     pub sync_irq: u32,
     /// The host SMMU instance it nests over (`smmu3.0x...`).
     pub host_smmu: String,
+    pub mode: SmmuMode,
     pub features: SmmuFeatures,
     /// The host kernel's MSI window, identity-mapped by the guest through an IORT RMR node.
     pub msi_window: GuestRange,

@@ -10,6 +10,10 @@ use std::io::Read;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
+use devices::smmuv3::{
+    BackendError, BackendStats, EventBatch, Invalidation, NestedSte, SmmuBackend, SmmuMode,
+    StreamConfig,
+};
 use iommufd_bindings::iommufd::*;
 use iommufd_ioctls::{IommuFd, IommufdError};
 use vfio_ioctls::VfioDevice;
@@ -41,26 +45,6 @@ pub enum NestedError {
         source: std::io::Error,
     },
 }
-
-/// What a guest STE asks for, already validated by the vSMMU model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamState {
-    Abort,
-    Bypass,
-    /// Stage-1 translation: the STE's first two words.
-    Stage1([u64; 2]),
-}
-
-/// STE fields the kernel accepts in IOMMU_HWPT_DATA_ARM_SMMUV3 (include/uapi/linux/iommufd.h);
-/// anything else makes the allocation fail with EIO, so the rest is cleared.
-/// Word 0: V [0], Cfg [3:1], S1Fmt [5:4], S1ContextPtr [51:6], S1CDMax [63:59].
-pub const STE0_ALLOWED: u64 =
-    0b1 | (0b111 << 1) | (0b11 << 4) | (((1 << 46) - 1) << 6) | (0x1f << 59);
-/// Word 1: S1DSS [1:0], S1CIR [3:2], S1COR [5:4], S1CSH [7:6], S1STALLD [27], EATS [29:28].
-pub const STE1_ALLOWED: u64 = 0xff | (1 << 27) | (0b11 << 28);
-
-const STE_V: u64 = 1;
-const STE_CFG_BYPASS: u64 = 0b100 << 1;
 
 /// One host event for the guest: the 4-word SMMUv3 event record with the virtual StreamID.
 pub type EventRecord = [u64; 4];
@@ -164,12 +148,13 @@ impl NestedSmmu {
             streams: BTreeMap::new(),
             stats: NestedStats::default(),
         };
-        nested.abort_hwpt = nested.alloc_nested(dev_id, bdf, [STE_V, 0])?;
-        nested.bypass_hwpt = nested.alloc_nested(dev_id, bdf, [STE_V | STE_CFG_BYPASS, 0])?;
+        nested.abort_hwpt = nested.alloc_nested(dev_id, bdf, NestedSte::ABORT)?;
+        nested.bypass_hwpt = nested.alloc_nested(dev_id, bdf, NestedSte::BYPASS)?;
         Ok(nested)
     }
 
-    pub fn stats(&self) -> NestedStats {
+    /// The counters by field (`SmmuBackend::stats` names them for `--stats`).
+    pub fn counters(&self) -> NestedStats {
         self.stats
     }
 
@@ -180,10 +165,8 @@ impl NestedSmmu {
             .map_or(-1, std::os::fd::AsRawFd::as_raw_fd)
     }
 
-    fn alloc_nested(&mut self, dev_id: u32, bdf: &str, ste: [u64; 2]) -> Result<u32, NestedError> {
-        let data = iommu_hwpt_arm_smmuv3 {
-            ste: [ste[0] & STE0_ALLOWED, ste[1] & STE1_ALLOWED],
-        };
+    fn alloc_nested(&mut self, dev_id: u32, bdf: &str, ste: NestedSte) -> Result<u32, NestedError> {
+        let data = iommu_hwpt_arm_smmuv3 { ste: ste.words() };
         let mut hwpt = iommu_hwpt_alloc {
             size: size_of_u32::<iommu_hwpt_alloc>(),
             dev_id,
@@ -254,15 +237,22 @@ impl NestedSmmu {
         );
         Ok(())
     }
+}
+
+impl SmmuBackend for NestedSmmu {
+    fn mode(&self) -> SmmuMode {
+        SmmuMode::Nested
+    }
 
     /// Installs what the guest's STE for `vsid` now says: a new nested HWPT replace-attached,
     /// the previous stage-1 HWPT freed.
-    pub fn set_stream(&mut self, vsid: u32, state: StreamState) -> Result<(), NestedError> {
+    fn set_stream(&mut self, vsid: u32, config: StreamConfig) -> Result<(), BackendError> {
         let Some(stream) = self.streams.get(&vsid) else {
             return Err(NestedError::UnknownStream {
                 smmu: self.smmu.clone(),
                 vsid,
-            });
+            }
+            .into());
         };
         let (device, dev_id, bdf, old) = (
             stream.device.clone(),
@@ -270,10 +260,10 @@ impl NestedSmmu {
             stream.bdf.clone(),
             stream.stage1,
         );
-        let (hwpt, stage1) = match state {
-            StreamState::Abort => (self.abort_hwpt, None),
-            StreamState::Bypass => (self.bypass_hwpt, None),
-            StreamState::Stage1(ste) => {
+        let (hwpt, stage1) = match config {
+            StreamConfig::Abort => (self.abort_hwpt, None),
+            StreamConfig::Bypass => (self.bypass_hwpt, None),
+            StreamConfig::Stage1(ste) => {
                 let id = self.alloc_nested(dev_id, &bdf, ste)?;
                 (id, Some(id))
             }
@@ -282,7 +272,7 @@ impl NestedSmmu {
             if let Some(id) = stage1 {
                 let _ = self.iommufd.destroy_iommu_object(id);
             }
-            return Err(e);
+            return Err(e.into());
         }
         if let Some(old) = old
             && let Err(e) = self.iommufd.destroy_iommu_object(old)
@@ -297,17 +287,20 @@ impl NestedSmmu {
 
     /// Forwards a batch of TLBI / ATC_INV / CFGI_CD commands in one ioctl; returns how many the
     /// kernel handled (the rest failed: the model reports CERROR_ILL for the first of them).
-    pub fn invalidate(&mut self, commands: &[[u64; 2]]) -> Result<usize, NestedError> {
+    fn invalidate(&mut self, batch: &[Invalidation]) -> Result<usize, BackendError> {
         // Commands naming a StreamID without a vDEVICE (the guest's host bridge, an unused SID)
         // have nothing cached on the host, and the kernel refuses them (EIO): they are done.
-        let mut entries: Vec<iommu_viommu_arm_smmuv3_invalidate> = commands
+        let mut entries: Vec<iommu_viommu_arm_smmuv3_invalidate> = batch
             .iter()
-            .filter(|c| stream_of(c).is_none_or(|sid| self.streams.contains_key(&sid)))
-            .map(|c| iommu_viommu_arm_smmuv3_invalidate { cmd: *c })
+            .filter(|i| {
+                i.stream_id()
+                    .is_none_or(|sid| self.streams.contains_key(&sid))
+            })
+            .map(|i| iommu_viommu_arm_smmuv3_invalidate { cmd: i.raw() })
             .collect();
-        let skipped = commands.len() - entries.len();
+        let skipped = batch.len() - entries.len();
         if entries.is_empty() {
-            return Ok(commands.len());
+            return Ok(batch.len());
         }
         let mut request = iommu_hwpt_invalidate {
             size: size_of_u32::<iommu_hwpt_invalidate>(),
@@ -336,33 +329,48 @@ impl NestedSmmu {
                 device: "the vIOMMU".into(),
                 step: "IOMMU_HWPT_INVALIDATE",
                 source,
-            }),
+            }
+            .into()),
         }
     }
 
-    /// Reads what the host queued: event records (with the virtual StreamID) and how many were
-    /// lost. Non-blocking: an empty queue gives nothing.
-    pub fn read_events(&mut self) -> Result<(Vec<EventRecord>, bool), NestedError> {
+    /// Reads what the host queued: event records (with the virtual StreamID) and whether some
+    /// were lost. Non-blocking: an empty queue gives nothing.
+    fn read_events(&mut self) -> Result<EventBatch, BackendError> {
         const HEADER: usize = std::mem::size_of::<iommufd_vevent_header>();
         const RECORD: usize = std::mem::size_of::<iommu_vevent_arm_smmuv3>();
         let mut buf = vec![0u8; (HEADER + RECORD) * 64];
         let Some(events) = self.events.as_mut() else {
-            return Ok((Vec::new(), false));
+            return Ok(EventBatch::default());
         };
         let n = match events.read(&mut buf) {
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok((Vec::new(), false)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Ok(EventBatch::default());
+            }
             Err(source) => {
                 return Err(NestedError::Events {
                     smmu: self.smmu.clone(),
                     source,
-                });
+                }
+                .into());
             }
         };
-        let (records, lost) = parse_events(&buf[..n]);
-        self.stats.events += records.len() as u64;
+        let (events, lost) = parse_events(&buf[..n]);
+        self.stats.events += events.len() as u64;
         self.stats.lost_events += u64::from(lost);
-        Ok((records, lost))
+        Ok(EventBatch { events, lost })
+    }
+
+    fn stats(&self) -> BackendStats {
+        let s = &self.stats;
+        BackendStats(vec![
+            ("host invalidation ioctls", s.invalidation_ioctls),
+            ("host invalidation commands", s.invalidation_commands),
+            ("nested HWPTs allocated", s.hwpt_allocations),
+            ("host events", s.events),
+            ("host events lost", s.lost_events),
+        ])
     }
 }
 
@@ -395,12 +403,6 @@ impl Drop for NestedSmmu {
     }
 }
 
-/// The StreamID a command names, for the opcodes that carry one in word 0 bits [63:32]
-/// (CFGI_CD 0x05, CFGI_CD_ALL 0x06, ATC_INV 0x40).
-fn stream_of(command: &[u64; 2]) -> Option<u32> {
-    matches!(command[0] & 0xff, 0x05 | 0x06 | 0x40).then(|| (command[0] >> 32) as u32)
-}
-
 /// vEVENTQ read data: headers `{flags u32, sequence u32}`, each followed by a 32-byte record
 /// unless its flags say events were lost. Truncated tails are dropped.
 pub fn parse_events(bytes: &[u8]) -> (Vec<EventRecord>, bool) {
@@ -427,32 +429,6 @@ pub fn parse_events(bytes: &[u8]) -> (Vec<EventRecord>, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ste_masks_keep_only_what_the_kernel_takes() {
-        let all = [u64::MAX, u64::MAX];
-        let masked = [all[0] & STE0_ALLOWED, all[1] & STE1_ALLOWED];
-        // Word 0: V, Cfg, S1Fmt, S1ContextPtr (bits 6..52), S1CDMax (59..64); not 52..59.
-        assert_eq!(masked[0] & 0x3f, 0x3f);
-        assert_eq!(masked[0] >> 52 & 0x7f, 0);
-        assert_eq!(masked[0] >> 59, 0x1f);
-        assert_eq!(masked[0] >> 6 & ((1 << 46) - 1), (1 << 46) - 1);
-        // Word 1: the cache attributes, S1STALLD and EATS; not S2 or anything else.
-        assert_eq!(masked[1], 0xff | (1 << 27) | (3 << 28));
-    }
-
-    #[test]
-    fn sid_commands_are_recognised() {
-        assert_eq!(stream_of(&[0x05 | (0x8 << 32), 0]), Some(8));
-        assert_eq!(stream_of(&[0x06 | (0x108 << 32), 0]), Some(0x108));
-        assert_eq!(stream_of(&[0x40 | (0x10 << 32), 0]), Some(0x10));
-        assert_eq!(
-            stream_of(&[0x11 | (1 << 48), 0]),
-            None,
-            "TLBI_NH_ASID names an ASID"
-        );
-        assert_eq!(stream_of(&[0x10, 0]), None);
-    }
 
     fn header(flags: u32, seq: u32) -> Vec<u8> {
         [flags.to_le_bytes(), seq.to_le_bytes()].concat()

@@ -5,19 +5,22 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use arch::platform::{
     ArchTimer, FirmwareInterface, GuestArch, GuestRange, InterruptController, PciBridge,
-    PciFunction, Platform, PowerControl, RegisterSpace, SerialPort, SmmuFeatures, VirtualSmmu,
+    PciFunction, Platform, PowerControl, RegisterSpace, SerialPort, SmmuFeatures, SmmuMode,
+    VirtualSmmu,
 };
+use devices::smmuv3::{FeatureRegisters, HostSmmuUnfit};
 
 use crate::config::{BootMode, HostArch, IommuMode, SerialConfig, VmConfig};
 use crate::host::{HostDescription, HostDevice, HostSmmu};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
-    #[error("host SMMU {smmu} (behind {device}) cannot back a nested vSMMUv3: {reason}")]
+    #[error("host SMMU {smmu} (behind {device}) cannot back a nested vSMMUv3")]
     Incompatible {
         smmu: String,
         device: String,
-        reason: String,
+        #[source]
+        reason: HostSmmuUnfit,
     },
     #[error("{count} host SMMUs (and devices behind none) need more PCI host bridges than {max}")]
     TooManyBridges { count: usize, max: u32 },
@@ -80,11 +83,14 @@ fn nested_assignment(
         let index = index as u16;
         let first = &host.devices[members[0]];
         let smmu = smmu_of(members[0]).expect("grouped by it");
-        let features = smmu_features(smmu, ram_end).map_err(|reason| PlanError::Incompatible {
-            smmu: name.to_string(),
-            device: first.bdf.to_string(),
-            reason,
-        })?;
+        let features =
+            SmmuFeatures::from_host(smmu.idr, smmu.flags, ram_end).map_err(|reason| {
+                PlanError::Incompatible {
+                    smmu: name.to_string(),
+                    device: first.bdf.to_string(),
+                    reason,
+                }
+            })?;
         for &m in &members {
             bridge_of[m] = index;
         }
@@ -100,6 +106,7 @@ fn nested_assignment(
             gerror_irq: spi + 1,
             sync_irq: spi + 2,
             host_smmu: name.to_string(),
+            mode: SmmuMode::Nested,
             features,
             msi_window: l::HOST_MSI_WINDOW,
         });
@@ -109,84 +116,6 @@ fn nested_assignment(
         bridge_of[m] = plain_bridge;
     }
     Ok((bridge_of, smmus))
-}
-
-/// SMMUv3 ID register fields (IHI 0070, 6.3.1-6.3.6) that the uAPI lets a VMM read.
-mod idr {
-    pub const IDR0_ST_LEVEL: (u32, u32) = (27, 2);
-    pub const IDR0_STALL_MODEL: (u32, u32) = (24, 2);
-    pub const IDR0_TTENDIAN: (u32, u32) = (21, 2);
-    pub const IDR0_CD2L: (u32, u32) = (19, 1);
-    pub const IDR0_ASID16: (u32, u32) = (12, 1);
-    pub const IDR0_TTF: (u32, u32) = (2, 2);
-    pub const IDR1_SSIDSIZE: (u32, u32) = (6, 5);
-    pub const IDR3_RIL: (u32, u32) = (10, 1);
-    pub const IDR5_OAS: (u32, u32) = (0, 3);
-    pub const IDR5_GRAN4K: (u32, u32) = (4, 1);
-    pub const IDR5_GRAN16K: (u32, u32) = (5, 1);
-    pub const IDR5_GRAN64K: (u32, u32) = (6, 1);
-
-    pub fn get(reg: u32, (shift, width): (u32, u32)) -> u32 {
-        (reg >> shift) & ((1 << width) - 1)
-    }
-}
-
-/// StreamIDs the vSMMU offers: a full 16-bit RID space (the vSID is the guest RID; the kernel
-/// maps it to the host StreamID, so the host's SIDSIZE does not bound it).
-const GUEST_SID_BITS: u8 = 16;
-/// SubstreamIDs the model handles at most (PCIe PASIDs are 20 bits).
-const MAX_SSID_BITS: u8 = 20;
-
-/// What the vSMMU over `host` advertises, or why it cannot be offered. Reads only the IDR fields
-/// the iommufd uAPI names as usable.
-pub fn smmu_features(host: &HostSmmu, ram_end: u64) -> Result<SmmuFeatures, String> {
-    use idr::get;
-    let [idr0, idr1, _, idr3, _, idr5] = host.idr;
-    // TTF: 0b10 AArch64 only, 0b11 both; the guest's stage-1 tables are AArch64.
-    if get(idr0, idr::IDR0_TTF) & 0b10 == 0 {
-        return Err("it walks no AArch64 translation tables (IDR0.TTF)".into());
-    }
-    // TTENDIAN: 0b00 mixed, 0b10 little only; 0b11 big only.
-    if get(idr0, idr::IDR0_TTENDIAN) == 0b11 {
-        return Err("it walks big-endian tables only (IDR0.TTENDIAN)".into());
-    }
-    let oas_bits = match get(idr5, idr::IDR5_OAS) {
-        0 => 32,
-        1 => 36,
-        2 => 40,
-        3 => 42,
-        4 => 44,
-        5 => 48,
-        6 => 52,
-        other => return Err(format!("unknown output address size IDR5.OAS={other}")),
-    };
-    if oas_bits < 64 && ram_end > 1u64 << oas_bits {
-        return Err(format!(
-            "guest RAM ends at {ram_end:#x}, beyond its {oas_bits}-bit output addresses"
-        ));
-    }
-    let (granule_4k, granule_16k, granule_64k) = (
-        get(idr5, idr::IDR5_GRAN4K) == 1,
-        get(idr5, idr::IDR5_GRAN16K) == 1,
-        get(idr5, idr::IDR5_GRAN64K) == 1,
-    );
-    if !(granule_4k || granule_16k || granule_64k) {
-        return Err("it reports no translation granule (IDR5.GRAN*)".into());
-    }
-    Ok(SmmuFeatures {
-        two_level_stream_table: get(idr0, idr::IDR0_ST_LEVEL) == 1,
-        sid_bits: GUEST_SID_BITS,
-        ssid_bits: (get(idr1, idr::IDR1_SSIDSIZE) as u8).min(MAX_SSID_BITS),
-        oas_bits,
-        granule_4k,
-        granule_16k,
-        granule_64k,
-        range_invalidation: get(idr3, idr::IDR3_RIL) == 1,
-        asid16: get(idr0, idr::IDR0_ASID16) == 1,
-        two_level_cd_table: get(idr0, idr::IDR0_CD2L) == 1,
-        stall_model: get(idr0, idr::IDR0_STALL_MODEL) as u8,
-        repeat_tlbi_cfgi: host.flags & 1 != 0,
-    })
 }
 
 /// Where a bridge's windows go and how its interrupts are numbered, per architecture.

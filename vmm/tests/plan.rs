@@ -94,6 +94,7 @@ fn one_host_smmu_with_two_devices_gets_one_vsmmu() {
             vec!["0000:02:00.0".to_string(), "0000:03:00.0".to_string()]
         )]
     );
+    assert_eq!(plan["platform"]["smmus"][0]["mode"], "nested");
     let features = &plan["platform"]["smmus"][0]["features"];
     assert_eq!(features["oas_bits"], 44);
     assert_eq!(features["two_level_stream_table"], true);

@@ -131,6 +131,7 @@ pub fn aarch64_smmus(segments: &[u16]) -> Vec<VirtualSmmu> {
                 gerror_irq: spi + 1,
                 sync_irq: spi + 2,
                 host_smmu: format!("smmu3.0x{:x}", 0x1_0000_0000u64 + (i as u64) * 0x100_0000),
+                mode: crate::platform::SmmuMode::Nested,
                 features: SmmuFeatures {
                     two_level_stream_table: true,
                     sid_bits: 16,

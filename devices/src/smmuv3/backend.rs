@@ -4,11 +4,18 @@
 //! One model, several backends: nested (iommufd vIOMMU, the hardware walks the guest's stage 1),
 //! shadow (later), and [`super::fake::FakeBackend`] for tests.
 
+use std::fmt;
+
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
+use super::command::Invalidation;
+use super::ste::NestedSte;
 use crate::pci::MsiMessage;
 
 pub type BackendError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How a vSMMU's translations reach the host: the plan's `VirtualSmmu::mode`.
+pub use arch::platform::SmmuMode;
 
 /// What one StreamID does now, as the guest's STE (or GBPA, while SMMUEN is 0) says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,12 +25,7 @@ pub enum StreamConfig {
     /// Transactions pass untranslated (guest physical = IOVA, through the host stage 2).
     Bypass,
     /// Stage 1 translation by the guest's context descriptors, nested over the host stage 2.
-    Stage1 {
-        /// STE words 0 and 1 reduced to what iommufd accepts for `IOMMU_HWPT_DATA_ARM_SMMUV3`:
-        /// word 0 V, Config, S1Fmt, S1ContextPtr, S1CDMax; word 1 S1DSS, S1CIR, S1COR, S1CSH,
-        /// S1STALLD, EATS (always 0: the model does not advertise ATS).
-        ste: [u64; 2],
-    },
+    Stage1(NestedSte),
 }
 
 /// Records the host reported for the guest (a read of the vEVENTQ).
@@ -37,33 +39,65 @@ pub struct EventBatch {
     pub lost: bool,
 }
 
+/// A backend's own counters for `--stats`, named, in the order it reports them: the VMM prints
+/// them without knowing the backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendStats(pub Vec<(&'static str, u64)>);
+
+impl BackendStats {
+    pub fn get(&self, name: &str) -> Option<u64> {
+        self.0
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|&(_, value)| value)
+    }
+}
+
+impl fmt::Display for BackendStats {
+    /// `name value, name value, ...`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let counters: Vec<String> = self.0.iter().map(|(n, v)| format!("{n} {v}")).collect();
+        f.write_str(&counters.join(", "))
+    }
+}
+
 /// The host side of one vSMMU. Calls come from the vCPU thread that trapped the register access
 /// (or from the VMM's event loop for [`SmmuBackend::read_events`]); each may block briefly.
+///
+/// Backends receive decoded values and never re-decode guest memory: a nested backend forwards
+/// them, a shadowing one walks the guest's tables from the STE's context pointer, a CMDQV one
+/// gets only what the trapped command queue carries (its VCMDQs reach the hardware directly).
 pub trait SmmuBackend: Send {
+    /// How this backend applies the guest's configuration (what the plan chose for the vSMMU).
+    fn mode(&self) -> SmmuMode;
+
     /// StreamID `sid` (the guest's) now behaves as `config`. Called when the guest invalidates an
     /// STE whose meaning changed, enables or disables the SMMU, or updates GBPA; never twice in
     /// a row with the same config for a StreamID.
     ///
     /// Nested backend: the pre-allocated abort or bypass nested HWPT, or a new nested HWPT over
-    /// the nest parent with `ste` as `IOMMU_HWPT_DATA_ARM_SMMUV3`, then replace-attach the
+    /// the nest parent with the STE as `IOMMU_HWPT_DATA_ARM_SMMUV3`, then replace-attach the
     /// device (`VFIO_DEVICE_ATTACH_IOMMUFD_PT`) and free the previous one.
     fn set_stream(&mut self, sid: u32, config: StreamConfig) -> Result<(), BackendError>;
 
-    /// Applies raw 16-byte invalidation commands, in guest order: TLBI_NH_ALL, TLBI_NH_ASID,
-    /// TLBI_NH_VA, TLBI_NH_VAA, TLBI_NSNH_ALL, ATC_INV, CFGI_CD, CFGI_CD_ALL, with the guest's
-    /// StreamIDs and VMID fields as written. The model calls it at most once per guest CMD_SYNC
-    /// with everything collected since the previous call. Returns how many were applied (all
-    /// of them unless the host rejected one; the rest are dropped).
+    /// Applies a batch of invalidations, in guest order: everything the guest queued since the
+    /// previous call (the model calls it at most once per guest CMD_SYNC), with the guest's
+    /// StreamIDs, ASIDs and address ranges. Returns how many were applied (all of them unless
+    /// the host rejected one; the rest are dropped).
     ///
-    /// Nested backend: one `IOMMU_HWPT_INVALIDATE` on the vIOMMU with the whole array
+    /// Nested backend: one `IOMMU_HWPT_INVALIDATE` on the vIOMMU with the raw entries
     /// (`IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3`); the kernel rewrites VMID and vSID.
-    fn invalidate(&mut self, commands: &[[u64; 2]]) -> Result<usize, BackendError>;
+    fn invalidate(&mut self, batch: &[Invalidation]) -> Result<usize, BackendError>;
 
-    /// Takes the events the host queued for this vSMMU, if any (non-blocking).
+    /// Takes the events the host queued for this vSMMU, if any (non-blocking). The VMM watches
+    /// the backend's event source and calls `Smmuv3::service_host_events` when it is readable.
     ///
     /// Nested backend: read the vEVENTQ fd; strip `iommufd_vevent_header`s, turning the
     /// LOST_EVENTS flag (or a sequence gap) into `lost`.
     fn read_events(&mut self) -> Result<EventBatch, BackendError>;
+
+    /// The backend's counters since creation.
+    fn stats(&self) -> BackendStats;
 }
 
 /// The vSMMU's wired interrupt lines (edge-triggered SPIs, `VirtualSmmu::{event,gerror,sync}_irq`).

@@ -6,9 +6,10 @@ use std::ops::RangeInclusive;
 
 use log::{debug, warn};
 
-use super::FeatureRegisters;
-use super::backend::{GuestMemoryAccess, SmmuBackend, SmmuInterrupts, SmmuIrq, StreamConfig};
-use super::command::{COMMAND_BYTES, Command, SyncSignal};
+use super::backend::{
+    BackendStats, GuestMemoryAccess, SmmuBackend, SmmuInterrupts, SmmuIrq, SmmuMode, StreamConfig,
+};
+use super::command::{COMMAND_BYTES, Command, Invalidation, SyncSignal};
 use super::event::{EVENT_BYTES, Event};
 use super::queue::Queue;
 use super::regs::{
@@ -16,7 +17,7 @@ use super::regs::{
     QueueBase, StrtabBase, StrtabBaseCfg, offset,
 };
 use super::ste::{Ste, StreamFault, StreamTable};
-use super::{CMDQS, EVENTQS, SmmuError, SmmuFeatures};
+use super::{CMDQS, EVENTQS, FeatureRegisters, SmmuError, SmmuFeatures};
 use crate::bus::BusDevice;
 use crate::pci::MsiMessage;
 
@@ -106,7 +107,7 @@ pub struct Smmuv3 {
     /// (`None`: unknown, the next refresh calls the backend).
     streams: BTreeMap<u32, Option<StreamConfig>>,
     /// Invalidations collected since the last CMD_SYNC.
-    pending: Vec<[u64; 2]>,
+    pending: Vec<Invalidation>,
     stats: SmmuStats,
 }
 
@@ -117,9 +118,8 @@ impl Smmuv3 {
         backend: Box<dyn SmmuBackend>,
         interrupts: Box<dyn SmmuInterrupts>,
     ) -> Result<Self, SmmuError> {
-        super::validate_features(&features)?;
         Ok(Smmuv3 {
-            idr: super::id_registers(&features),
+            idr: features.id_registers()?,
             features,
             memory,
             backend,
@@ -176,6 +176,15 @@ impl Smmuv3 {
 
     pub fn stats(&self) -> SmmuStats {
         self.stats.clone()
+    }
+
+    /// The backend's own counters.
+    pub fn backend_stats(&self) -> BackendStats {
+        self.backend.stats()
+    }
+
+    pub fn mode(&self) -> SmmuMode {
+        self.backend.mode()
     }
 
     // Register file.
@@ -383,7 +392,7 @@ impl Smmuv3 {
             Command::NoOp => {}
             Command::CfgiSte { sid } => self.refresh_streams(sid..=sid, true),
             Command::CfgiSteRange { first, last } => self.refresh_streams(first..=last, true),
-            Command::Invalidate(words) => self.pending.push(words),
+            Command::Invalidate(invalidation) => self.pending.push(invalidation),
             Command::Sync {
                 signal,
                 msi_address,
@@ -455,8 +464,8 @@ impl Smmuv3 {
             return;
         };
         if current == Some(config) {
-            if invalidation && matches!(config, StreamConfig::Stage1 { .. }) {
-                self.pending.push(Command::cfgi_cd_all(sid));
+            if invalidation && matches!(config, StreamConfig::Stage1(_)) {
+                self.pending.push(Invalidation::cfgi_cd_all(sid));
             }
             return;
         }

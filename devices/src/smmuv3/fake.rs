@@ -5,16 +5,18 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::backend::{
-    BackendError, EventBatch, SmmuBackend, SmmuInterrupts, SmmuIrq, StreamConfig,
+    BackendError, BackendStats, EventBatch, SmmuBackend, SmmuInterrupts, SmmuIrq, SmmuMode,
+    StreamConfig,
 };
+use super::command::Invalidation;
 use crate::pci::MsiMessage;
 
 #[derive(Debug, Default)]
 pub struct FakeBackendState {
     /// Every `set_stream` call, in order.
     pub stream_calls: Vec<(u32, StreamConfig)>,
-    /// Every `invalidate` call's commands, one entry per call.
-    pub invalidate_calls: Vec<Vec<[u64; 2]>>,
+    /// Every `invalidate` call's batch, one entry per call.
+    pub invalidate_calls: Vec<Vec<Invalidation>>,
     /// Batches `read_events` hands out, oldest first (then empty batches).
     pub queued_events: VecDeque<EventBatch>,
     /// `set_stream` fails for stage-1 configs (an STE the host kernel rejects).
@@ -33,25 +35,38 @@ impl FakeBackend {
 }
 
 impl SmmuBackend for FakeBackend {
+    /// The model cannot tell; the plan's only mode so far.
+    fn mode(&self) -> SmmuMode {
+        SmmuMode::Nested
+    }
+
     fn set_stream(&mut self, sid: u32, config: StreamConfig) -> Result<(), BackendError> {
         let mut state = self.state();
         state.stream_calls.push((sid, config));
-        if state.refuse_stage1 && matches!(config, StreamConfig::Stage1 { .. }) {
+        if state.refuse_stage1 && matches!(config, StreamConfig::Stage1(_)) {
             return Err("stage 1 refused".into());
         }
         Ok(())
     }
 
-    fn invalidate(&mut self, commands: &[[u64; 2]]) -> Result<usize, BackendError> {
+    fn invalidate(&mut self, batch: &[Invalidation]) -> Result<usize, BackendError> {
         let mut state = self.state();
-        state.invalidate_calls.push(commands.to_vec());
+        state.invalidate_calls.push(batch.to_vec());
         Ok(state
             .invalidate_limit
-            .map_or(commands.len(), |limit| limit.min(commands.len())))
+            .map_or(batch.len(), |limit| limit.min(batch.len())))
     }
 
     fn read_events(&mut self) -> Result<EventBatch, BackendError> {
         Ok(self.state().queued_events.pop_front().unwrap_or_default())
+    }
+
+    fn stats(&self) -> BackendStats {
+        let state = self.state();
+        BackendStats(vec![
+            ("stream calls", state.stream_calls.len() as u64),
+            ("invalidate calls", state.invalidate_calls.len() as u64),
+        ])
     }
 }
 

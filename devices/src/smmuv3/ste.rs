@@ -248,14 +248,12 @@ impl Ste {
         match self.config {
             SteConfig::Abort => StreamConfig::Abort,
             SteConfig::Bypass => StreamConfig::Bypass,
-            SteConfig::Stage1 => StreamConfig::Stage1 {
-                ste: self.nested_words(),
-            },
+            SteConfig::Stage1 => StreamConfig::Stage1(self.nested()),
         }
     }
 
-    /// STE words 0 and 1 holding only the fields iommufd accepts for a nested HWPT.
-    pub fn nested_words(&self) -> [u64; 2] {
+    /// The canonical STE: words 0 and 1 re-encoded from the validated fields only.
+    pub fn nested(&self) -> NestedSte {
         let config = match self.config {
             SteConfig::Abort => 0b000,
             SteConfig::Bypass => 0b100,
@@ -281,6 +279,24 @@ impl Ste {
             | place(self.s1_cor.into(), 5, 4)
             | place(self.s1_csh.into(), 7, 6)
             | if self.s1_stall_disable { 1 << 27 } else { 0 };
-        [w0, w1]
+        NestedSte([w0, w1])
+    }
+}
+
+/// STE words 0 and 1 as backends receive them, holding exactly the fields iommufd accepts for
+/// `IOMMU_HWPT_DATA_ARM_SMMUV3`: word 0 V, Config, S1Fmt, S1ContextPtr, S1CDMax; word 1 S1DSS,
+/// S1CIR, S1COR, S1CSH, S1STALLD, EATS (always 0: the model does not advertise ATS). Made only
+/// by [`Ste::nested`], so no backend masks a guest STE again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NestedSte(pub(super) [u64; 2]);
+
+impl NestedSte {
+    /// V = 1, Config = abort.
+    pub const ABORT: NestedSte = NestedSte([Ste::V, 0]);
+    /// V = 1, Config = bypass.
+    pub const BYPASS: NestedSte = NestedSte([Ste::V | 0b100 << 1, 0]);
+
+    pub fn words(&self) -> [u64; 2] {
+        self.0
     }
 }

@@ -5,7 +5,7 @@
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::cd::{ContextDescriptor, cd_address};
-use super::command::opcode;
+use super::command::{Command, opcode};
 use super::fake::{FakeBackend, FakeInterrupts};
 use super::regs::offset;
 use super::ste::{CdTableFormat, DefaultSubstream, Ste, SteConfig};
@@ -132,6 +132,13 @@ impl Harness {
         self.w32(offset::CMDQ_PROD, prod);
     }
 
+    /// The raw entries of every `invalidate` call, one list per call.
+    fn invalidations(&self) -> Vec<Vec<[u64; 2]>> {
+        let state = self.backend.state();
+        let raw = |batch: &Vec<Invalidation>| batch.iter().map(Invalidation::raw).collect();
+        state.invalidate_calls.iter().map(raw).collect()
+    }
+
     fn events(&self, from: u32, count: u32) -> Vec<[u64; 4]> {
         (from..from + count)
             .map(|i| {
@@ -169,12 +176,12 @@ fn s1_ste(cd_max: u64) -> [u64; 8] {
     [w0, w1, 0xdead_beef, 0x1234_5000, 0, 0, 0, 0xffff]
 }
 
-/// `s1_ste(cd_max)` reduced to NESTING_ALLOWED, EATS cleared (no ATS advertised).
-fn s1_nested(cd_max: u64) -> [u64; 2] {
-    [
+/// `s1_ste(cd_max)` reduced to what iommufd accepts, EATS cleared (no ATS advertised).
+fn s1_nested(cd_max: u64) -> NestedSte {
+    NestedSte([
         1 | 0b101 << 1 | 1 << 4 | CD | cd_max << 59,
         0b10 | 1 << 2 | 1 << 4 | 3 << 6,
-    ]
+    ])
 }
 
 #[test]
@@ -237,7 +244,7 @@ fn id_registers_follow_features() {
             ..features()
         },
     ] {
-        assert!(validate_features(&bad).is_err(), "{bad:?}");
+        assert!(bad.id_registers().is_err(), "{bad:?}");
     }
 }
 
@@ -305,10 +312,10 @@ fn linear_stream_table_gives_masked_stage1() {
     h.commands(&[cfgi_ste(0x10), sync()]);
     assert_eq!(
         h.backend.state().stream_calls[2..],
-        [(0x10, StreamConfig::Stage1 { ste: s1_nested(3) })]
+        [(0x10, StreamConfig::Stage1(s1_nested(3)))]
     );
     assert_eq!(h.r32(offset::CMDQ_CONS), 2);
-    assert!(h.backend.state().invalidate_calls.is_empty());
+    assert!(h.invalidations().is_empty());
     // A StreamID nobody registered costs nothing.
     h.commands(&[cfgi_ste(0x11), sync()]);
     assert_eq!(h.backend.state().stream_calls.len(), 3);
@@ -320,6 +327,24 @@ fn linear_stream_table_gives_masked_stage1() {
     assert_eq!(ste.eats, 1);
 }
 
+/// Every STE bit set besides a legal Config, S1Fmt, S1DSS, S1CDMax and S1ContextPtr: backends
+/// get only what iommufd accepts (not word 0 bits 58:52, not word 1's S2/STRW/SHCFG, not EATS).
+#[test]
+fn nested_ste_keeps_only_what_iommufd_takes() {
+    let h = Harness::new(features());
+    let w0 = 1 | 0x07f0_0000_0000_0000 | 0b101 << 1 | 1 << 4 | CD | 5 << 59;
+    let ste = Ste::parse(&[w0, !0b01, !0, !0, !0, !0, !0, !0], &features(), &h.mem).unwrap();
+    assert_eq!(
+        ste.stream_config(),
+        StreamConfig::Stage1(NestedSte([
+            1 | 0b101 << 1 | 1 << 4 | CD | 5 << 59,
+            0b10 | 3 << 2 | 3 << 4 | 3 << 6 | 1 << 27
+        ]))
+    );
+    assert_eq!(NestedSte::ABORT.words(), [1, 0]);
+    assert_eq!(NestedSte::BYPASS.words(), [1 | 0b100 << 1, 0]);
+}
+
 #[test]
 fn unchanged_ste_is_not_reinstalled_but_its_cds_are_invalidated() {
     let mut h = Harness::new(features());
@@ -328,9 +353,8 @@ fn unchanged_ste_is_not_reinstalled_but_its_cds_are_invalidated() {
     h.set_mem(STRTAB + 0x10 * 64, &s1_ste(0));
     h.commands(&[cfgi_ste(0x10), sync()]);
     h.commands(&[cfgi_ste(0x10), sync()]);
-    let state = h.backend.state();
-    assert_eq!(state.stream_calls.len(), 3);
-    assert_eq!(state.invalidate_calls, [vec![[0x06 | 0x10 << 32, 0]]]);
+    assert_eq!(h.backend.state().stream_calls.len(), 3);
+    assert_eq!(h.invalidations(), [vec![[0x06 | 0x10 << 32, 0]]]);
 }
 
 #[test]
@@ -352,7 +376,7 @@ fn two_level_stream_table_walk() {
     h.set_mem(l2 + 5 * 64, &s1_ste(0));
     h.w32(offset::CR0, 0xd);
     let calls = h.backend.state().stream_calls.clone();
-    assert!(calls.contains(&(0x105, StreamConfig::Stage1 { ste: s1_nested(0) })));
+    assert!(calls.contains(&(0x105, StreamConfig::Stage1(s1_nested(0)))));
     assert!(calls.contains(&(0x205, StreamConfig::Abort)));
     // No new events: invalid descriptors and V=0 STEs abort quietly.
     assert_eq!(h.r32(0x1_00a8), 4);
@@ -365,7 +389,7 @@ fn two_level_stream_table_walk() {
     assert_eq!(
         calls[calls.len() - 2..],
         [
-            (0x100, StreamConfig::Stage1 { ste: s1_nested(0) }),
+            (0x100, StreamConfig::Stage1(s1_nested(0))),
             (0x105, StreamConfig::Abort)
         ]
     );
@@ -437,7 +461,7 @@ fn host_refusal_aborts_the_stream() {
     assert_eq!(
         calls[calls.len() - 2..],
         [
-            (0x10, StreamConfig::Stage1 { ste: s1_nested(0) }),
+            (0x10, StreamConfig::Stage1(s1_nested(0))),
             (0x10, StreamConfig::Abort)
         ]
     );
@@ -460,28 +484,61 @@ fn invalidations_are_batched_per_sync() {
         sync(),
     ];
     h.commands(&burst);
-    {
-        let state = h.backend.state();
-        assert_eq!(state.invalidate_calls.len(), 1);
-        assert_eq!(
-            state.invalidate_calls[0],
-            [burst[0], burst[1], burst[2], burst[5], burst[6], burst[7]]
-        );
-    }
+    assert_eq!(
+        h.invalidations(),
+        [vec![
+            burst[0], burst[1], burst[2], burst[5], burst[6], burst[7]
+        ]]
+    );
+    // Backends get them decoded: ASIDs, addresses, StreamIDs.
+    let scopes: Vec<InvalidationScope> = h.backend.state().invalidate_calls[0]
+        .iter()
+        .map(|i| i.scope)
+        .collect();
+    let va = TlbiVa {
+        address: 0x4000,
+        leaf: true,
+        ttl: 0,
+        tg: 0,
+        num: 0,
+        scale: 0,
+    };
+    assert_eq!(
+        scopes,
+        [
+            InvalidationScope::TlbiNhVa { asid: 7, va },
+            InvalidationScope::TlbiNhAsid { asid: 7 },
+            InvalidationScope::CfgiCd {
+                sid: 0x10,
+                ssid: 0,
+                leaf: true
+            },
+            InvalidationScope::AtcInv {
+                sid: 0x10,
+                ssid: None,
+                global: false,
+                address: 0,
+                size: 52
+            },
+            InvalidationScope::TlbiNsnhAll,
+            InvalidationScope::CfgiCdAll { sid: 0x10 },
+        ]
+    );
     // Two syncs in one PROD write: two calls; a sync with nothing pending: none.
     h.commands(&[tlbi_nh_asid(1), sync(), sync(), tlbi_nh_asid(2), sync()]);
     // Commands without a trailing sync go out when the queue runs dry.
     h.commands(&[tlbi_nh_asid(3)]);
-    let state = h.backend.state();
     assert_eq!(
-        state.invalidate_calls[1..],
+        h.invalidations()[1..],
         [
             vec![tlbi_nh_asid(1)],
             vec![tlbi_nh_asid(2)],
             vec![tlbi_nh_asid(3)]
         ]
     );
-    drop(state);
+    let backend = h.dev.backend_stats();
+    assert_eq!(backend.get("invalidate calls"), Some(4));
+    assert_eq!(backend.to_string(), "stream calls 0, invalidate calls 4");
     let stats = h.dev.stats();
     assert_eq!(stats.cmd_syncs, 4);
     assert_eq!(stats.invalidation_calls, 4);
@@ -490,6 +547,61 @@ fn invalidations_are_batched_per_sync() {
     assert_eq!(stats.commands[&opcode::TLBI_EL2_ALL], 1);
     assert_eq!(stats.commands[&opcode::CMD_SYNC], 4);
     assert_eq!(h.r32(offset::CMDQ_CONS), h.prod);
+}
+
+#[test]
+fn invalidation_commands_decode_their_operands() {
+    let decode = |raw| match Command::decode(raw) {
+        Ok(Command::Invalidate(invalidation)) => invalidation,
+        other => panic!("{other:?}"),
+    };
+    // TLBI_NH_VA over a range: ASID 0x1234, NUM 3, SCALE 2, TG 64 KiB, TTL 3, leaf.
+    let raw = [
+        0x12 | 3 << 12 | 2 << 20 | 0x1234 << 48,
+        0x8000_0000 | 3 << 10 | 3 << 8 | 1,
+    ];
+    let i = decode(raw);
+    assert_eq!(i.raw(), raw);
+    let InvalidationScope::TlbiNhVa { asid: 0x1234, va } = i.scope else {
+        panic!("{i:?}");
+    };
+    assert_eq!((va.address, va.leaf, va.ttl), (0x8000_0000, true, 3));
+    assert_eq!(va.range_bytes(), Some(4 * 4 * 0x1_0000));
+    let InvalidationScope::TlbiNhVaa { va } = decode([0x13, 0x1000]).scope else {
+        panic!("not TLBI_NH_VAA");
+    };
+    assert_eq!(
+        (va.address, va.leaf, va.range_bytes()),
+        (0x1000, false, None)
+    );
+    assert_eq!(decode([0x10, 0]).scope, InvalidationScope::TlbiNhAll);
+    // ATC_INV for SubstreamID 5 (SSV), global, 2^4 pages.
+    let i = decode([
+        0x40 | 1 << 9 | 1 << 11 | 5 << 12 | 0x10 << 32,
+        0x7000_0000 | 4,
+    ]);
+    assert_eq!(
+        i.scope,
+        InvalidationScope::AtcInv {
+            sid: 0x10,
+            ssid: Some(5),
+            global: true,
+            address: 0x7000_0000,
+            size: 4
+        }
+    );
+    // ATC_INV, CFGI_CD and CFGI_CD_ALL name a StreamID; the TLBIs name none.
+    assert_eq!(i.stream_id(), Some(0x10));
+    assert_eq!(decode(cfgi_cd(0x8, 3)).stream_id(), Some(0x8));
+    assert_eq!(decode([0x06 | 0x108 << 32, 0]).stream_id(), Some(0x108));
+    assert_eq!(decode(tlbi_nh_asid(1)).stream_id(), None, "names an ASID");
+    assert_eq!(decode([0x10, 0]).stream_id(), None);
+    assert_eq!(
+        Invalidation::cfgi_cd_all(0x108),
+        decode([0x06 | 0x108 << 32, 0])
+    );
+    assert_eq!(Invalidation::decode(cfgi_ste(1)), None);
+    assert_eq!(Invalidation::decode([0x20, 0]), None);
 }
 
 #[test]
@@ -531,7 +643,7 @@ fn illegal_command_stops_the_queue_until_acknowledged() {
     assert_eq!(h.r32(offset::CMDQ_CONS), 1 << 24 | 1);
     assert_eq!(h.irqs.state().triggered, [SmmuIrq::Gerror]);
     // What came before the error was applied; nothing after it.
-    assert_eq!(h.backend.state().invalidate_calls, [vec![tlbi_nh_asid(1)]]);
+    assert_eq!(h.invalidations(), [vec![tlbi_nh_asid(1)]]);
     // More PROD writes do not move a stopped queue.
     h.commands(&[tlbi_nh_asid(3)]);
     assert_eq!(h.r32(offset::CMDQ_CONS), 1 << 24 | 1);
@@ -540,7 +652,7 @@ fn illegal_command_stops_the_queue_until_acknowledged() {
     h.w32(offset::GERRORN, 1);
     assert_eq!(h.r32(offset::CMDQ_CONS), 5);
     assert_eq!(
-        h.backend.state().invalidate_calls[1..],
+        h.invalidations()[1..],
         [vec![tlbi_nh_asid(2)], vec![tlbi_nh_asid(3)]]
     );
     assert_eq!(h.dev.stats().command_errors, 1);

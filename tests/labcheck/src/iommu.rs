@@ -233,9 +233,11 @@ pub fn check_nesting(bdf: Bdf) -> Result<String, IommuError> {
 /// bypass / abort / stage-1-less STE changes by replace-attach, one batched invalidation, and an
 /// empty event read.
 pub fn check_nested_backend(bdf: Bdf) -> Result<String, IommuError> {
-    use vmm::nested::{NestedSmmu, StreamState};
+    use devices::smmuv3::{BackendError, Invalidation, SmmuBackend, StreamConfig};
+    use vmm::nested::{NestedError, NestedSmmu};
     let b = bind(bdf)?;
-    let backend_err = |e: vmm::nested::NestedError| IommuError::Backend(e.to_string());
+    let nested_err = |e: NestedError| IommuError::Backend(vmm::error_chain(&e));
+    let backend_err = |e: BackendError| IommuError::Backend(vmm::error_chain(&*e));
     let vsid = (u32::from(bdf.bus) << 8) | (u32::from(bdf.device) << 3) | u32::from(bdf.function);
     let device = std::sync::Arc::new(b.device);
     let mut smmu = NestedSmmu::new(
@@ -245,19 +247,19 @@ pub fn check_nested_backend(bdf: Bdf) -> Result<String, IommuError> {
         b.dev_id,
         &bdf.to_string(),
     )
-    .map_err(backend_err)?;
+    .map_err(nested_err)?;
     smmu.add_device(device, b.dev_id, vsid, &bdf.to_string())
+        .map_err(nested_err)?;
+    smmu.set_stream(vsid, StreamConfig::Bypass)
         .map_err(backend_err)?;
-    smmu.set_stream(vsid, StreamState::Bypass)
-        .map_err(backend_err)?;
-    smmu.set_stream(vsid, StreamState::Abort)
+    smmu.set_stream(vsid, StreamConfig::Abort)
         .map_err(backend_err)?;
     // TLBI_NH_ALL, TLBI_NH_ASID (ASID 1), CFGI_CD_ALL for this vSID: one ioctl.
-    let batch = [
-        [0x10, 0],
-        [0x11 | (1 << 48), 0],
-        [0x06 | (u64::from(vsid) << 32), 0],
-    ];
+    let batch: Vec<Invalidation> = [[0x10, 0], [0x11 | (1 << 48), 0]]
+        .into_iter()
+        .filter_map(Invalidation::decode)
+        .chain([Invalidation::cfgi_cd_all(vsid)])
+        .collect();
     let handled = smmu.invalidate(&batch).map_err(backend_err)?;
     if handled != batch.len() {
         return Err(IommuError::Backend(format!(
@@ -265,13 +267,14 @@ pub fn check_nested_backend(bdf: Bdf) -> Result<String, IommuError> {
             batch.len()
         )));
     }
-    let (events, lost) = smmu.read_events().map_err(backend_err)?;
-    let stats = smmu.stats();
+    let events = smmu.read_events().map_err(backend_err)?;
+    let stats = smmu.counters();
     Ok(format!(
-        "vsid={vsid:#x} invalidations={} in {} ioctl(s) hwpts={} events={} lost={lost}",
+        "vsid={vsid:#x} invalidations={} in {} ioctl(s) hwpts={} events={} lost={}",
         stats.invalidation_commands,
         stats.invalidation_ioctls,
         stats.hwpt_allocations,
-        events.len()
+        events.events.len(),
+        events.lost
     ))
 }

@@ -261,20 +261,15 @@ impl Vm {
     /// The vSMMU counters, logged at exit and printed with `--stats`.
     fn report_stats(&self) {
         for smmu in self.pci.iter().flat_map(|p| &p.smmus) {
-            let stats = smmu.model.lock().expect("vSMMU lock poisoned").stats();
-            let host = *smmu.host_stats.lock().expect("stats lock poisoned");
+            let model = smmu.model.lock().expect("vSMMU lock poisoned");
+            let stats = model.stats();
             let line = format!(
-                "vSMMU {} (host {}): guest CMD_SYNCs {}, host invalidation ioctls {} \
-                 ({} commands), nested HWPTs allocated {}, host events {} (lost {}); \
-                 guest commands by opcode {:?}",
+                "vSMMU {} (host {}, {:?}): guest CMD_SYNCs {}, {}; guest commands by opcode {:?}",
                 smmu.plan.index,
                 smmu.plan.host_smmu,
+                model.mode(),
                 stats.cmd_syncs,
-                host.invalidation_ioctls,
-                host.invalidation_commands,
-                host.hwpt_allocations,
-                host.events,
-                host.lost_events,
+                model.backend_stats(),
                 stats.commands
             );
             log::info!("{line}");

@@ -1,15 +1,13 @@
 //! Nested vSMMUv3s: the guest-visible model (`devices::smmuv3`) on the MMIO bus, its interrupts
-//! as irqfds on the plan's SPIs, and its host backend the iommufd nested backend
-//! (`crate::nested`) over the host SMMU the plan paired it with.
+//! as irqfds on the plan's SPIs, and the host backend its plan's mode names (nested: the iommufd
+//! backend in `crate::nested`) over the host SMMU the plan paired it with.
 
 use std::sync::{Arc, Mutex};
 
-use arch::platform::VirtualSmmu;
+use arch::platform::{SmmuMode, VirtualSmmu};
 use devices::bus::Bus;
 use devices::pci::MsiMessage;
-use devices::smmuv3::{
-    BackendError, EventBatch, SmmuBackend, SmmuInterrupts, SmmuIrq, Smmuv3, StreamConfig,
-};
+use devices::smmuv3::{SmmuBackend, SmmuInterrupts, SmmuIrq, Smmuv3};
 use iommufd_ioctls::IommuFd;
 use kvm_ioctls::VmFd;
 use vfio_ioctls::VfioDevice;
@@ -18,7 +16,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::VmError;
 use super::event_loop::FdWatch;
-use crate::nested::{NestedSmmu, NestedStats, StreamState};
+use crate::nested::NestedSmmu;
 
 /// A function behind a vSMMU: its VFIO device, iommufd device ID, StreamID (= RID), host BDF.
 pub struct SmmuFunction {
@@ -26,44 +24,6 @@ pub struct SmmuFunction {
     pub dev_id: u32,
     pub sid: u32,
     pub bdf: String,
-}
-
-/// The nested backend as the model's `SmmuBackend`, publishing its host-side counters.
-struct Nested {
-    smmu: NestedSmmu,
-    stats: Arc<Mutex<NestedStats>>,
-}
-
-impl Nested {
-    fn publish(&self) {
-        *self.stats.lock().expect("stats lock") = self.smmu.stats();
-    }
-}
-
-impl SmmuBackend for Nested {
-    fn set_stream(&mut self, sid: u32, config: StreamConfig) -> Result<(), BackendError> {
-        let state = match config {
-            StreamConfig::Abort => StreamState::Abort,
-            StreamConfig::Bypass => StreamState::Bypass,
-            StreamConfig::Stage1 { ste } => StreamState::Stage1(ste),
-        };
-        let result = self.smmu.set_stream(sid, state);
-        self.publish();
-        Ok(result?)
-    }
-
-    fn invalidate(&mut self, commands: &[[u64; 2]]) -> Result<usize, BackendError> {
-        let result = self.smmu.invalidate(commands);
-        self.publish();
-        Ok(result?)
-    }
-
-    fn read_events(&mut self) -> Result<EventBatch, BackendError> {
-        let result = self.smmu.read_events();
-        self.publish();
-        let (events, lost) = result?;
-        Ok(EventBatch { events, lost })
-    }
 }
 
 /// The vSMMU's wired interrupts: eventfds registered as irqfds on its SPIs.
@@ -99,7 +59,6 @@ impl SmmuInterrupts for WiredIrqs {
 pub struct SmmuInstance {
     pub plan: VirtualSmmu,
     pub model: Arc<Mutex<Smmuv3>>,
-    pub host_stats: Arc<Mutex<NestedStats>>,
 }
 
 /// Builds the vSMMU `plan` over its host SMMU for `functions`, puts it on the bus and returns it
@@ -119,14 +78,20 @@ pub fn attach(
             plan.index
         )));
     };
-    let mut nested =
-        NestedSmmu::new(iommufd, ioas, &plan.host_smmu, first.dev_id, &first.bdf).map_err(boxed)?;
-    for f in functions {
-        nested
-            .add_device(f.device.clone(), f.dev_id, f.sid, &f.bdf)
-            .map_err(boxed)?;
-    }
-    let event_fd = nested.event_fd();
+    let (backend, event_fd): (Box<dyn SmmuBackend>, _) = match plan.mode {
+        SmmuMode::Nested => {
+            let mut nested =
+                NestedSmmu::new(iommufd, ioas, &plan.host_smmu, first.dev_id, &first.bdf)
+                    .map_err(boxed)?;
+            for f in functions {
+                nested
+                    .add_device(f.device.clone(), f.dev_id, f.sid, &f.bdf)
+                    .map_err(boxed)?;
+            }
+            let event_fd = nested.event_fd();
+            (Box::new(nested), event_fd)
+        }
+    };
     let irq = |spi: u32| -> Result<EventFd, VmError> {
         let evt = EventFd::new(EFD_NONBLOCK).map_err(super::io_err("creating a vSMMU eventfd"))?;
         vm.register_irqfd(&evt, spi)
@@ -138,15 +103,10 @@ pub fn attach(
         gerror: irq(plan.gerror_irq)?,
         sync: irq(plan.sync_irq)?,
     };
-    let host_stats = Arc::new(Mutex::new(nested.stats()));
-    let backend = Nested {
-        smmu: nested,
-        stats: host_stats.clone(),
-    };
     let mut model = Smmuv3::new(
         plan.features,
         Box::new(memory.clone()),
-        Box::new(backend),
+        backend,
         Box::new(irqs),
     )
     .map_err(|e| VmError::Firmware(format!("vSMMU {}: {e}", plan.index)))?;
@@ -178,7 +138,6 @@ pub fn attach(
         SmmuInstance {
             plan: plan.clone(),
             model,
-            host_stats,
         },
         watch,
     ))
