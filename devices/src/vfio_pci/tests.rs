@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::*;
+use crate::pci::BarKind;
 use crate::pci::capability::{extended_capabilities, standard_capabilities};
 use crate::pci::msi::MsiMessage;
 
@@ -472,6 +473,22 @@ fn intx_is_on_until_msi_or_msix() {
     assert!(fake.state().irqs.is_empty());
     assert!(dev.intx_eventfds().is_none());
     assert_eq!(read32(&mut dev, 0x3c) >> 8 & 0xff, 0);
+}
+
+#[test]
+fn dropping_the_model_turns_the_host_interrupts_off() {
+    let (mut dev, fake) = create(gpu());
+    let _ = dev.config_write(MSIX + 3, &[0x80]);
+    fake.state().irqs.clear();
+    drop(dev);
+    assert_eq!(fake.state().irqs, [IrqCall::Disable(IrqType::Msix)]);
+
+    // A device with no interrupt type on needs nothing turned off.
+    let mut state = gpu();
+    state.irq_counts[0] = 0;
+    let (dev, fake) = create(state);
+    drop(dev);
+    assert!(fake.state().irqs.is_empty());
 }
 
 #[test]
