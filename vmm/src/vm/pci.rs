@@ -1,6 +1,14 @@
 //! PCI host bridges with VFIO functions: one `PciRoot` per bridge of the plan on its ECAM window,
 //! `PciWindow`s over its MMIO apertures, and the segment host that turns the models' requests
 //! into KVM memslots (direct BAR mappings) and GSI routes (MSI/MSI-X vectors).
+//!
+//! Teardown runs in reverse order of acquisition: each function's host resources (irqfds, then
+//! BAR memslots, then their mappings) go before the device models (which turn the host
+//! interrupts off, then reset the function), then the vSMMUs, then iommufd.
+
+mod resources;
+
+pub use resources::Memslots;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -11,19 +19,23 @@ use devices::pci::{
     BarSpace, DirectMapping, InterruptRoute, PciAddress, PciRoot, PciSegmentHost, PciWindow,
 };
 use devices::vfio_pci::VfioPciDevice;
-use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
-use vfio_ioctls::VfioDevice;
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
 
 use super::VmError;
 use super::irq::{IrqRouting, Msi};
 use crate::host::{HostDevice, ProbedHost};
 use crate::vfio::VfioContext;
+use resources::{FunctionResources, Irqfd, MemslotSink, Vector};
 
-/// Everything PCI keeps alive for the VM's lifetime.
+/// The host resources of one segment's functions, shared by its [`SegmentHost`] (which changes
+/// them as the guest programs the devices) and [`PciState`] (which releases them first).
+type Functions = Arc<Mutex<BTreeMap<PciAddress, FunctionResources>>>;
+
+/// Everything PCI keeps alive for the VM's lifetime. Built field by field, so a build that
+/// fails half way releases what it acquired through the same `Drop`.
 pub struct PciState {
+    functions: Vec<Functions>,
     _roots: Vec<Arc<Mutex<PciRoot>>>,
     pub smmus: Vec<super::smmu::SmmuInstance>,
     /// Host fds the event loop serves (vSMMU host event queues); taken when the VM runs.
@@ -32,41 +44,17 @@ pub struct PciState {
     _routing: Arc<Mutex<IrqRouting>>,
 }
 
-/// KVM memslots for BAR mappings, shared by all segments.
-pub struct Memslots {
-    next: u32,
-    free: Vec<u32>,
-}
-
-impl Memslots {
-    pub fn after(used: u32) -> Self {
-        Memslots {
-            next: used,
-            free: Vec::new(),
+impl Drop for PciState {
+    /// The functions' irqfds and BAR memslots and mappings go while the device models that
+    /// feed them still exist; the fields then drop in order (models, vSMMUs, iommufd).
+    fn drop(&mut self) {
+        for functions in &self.functions {
+            functions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clear();
         }
     }
-
-    fn take(&mut self) -> u32 {
-        self.free.pop().unwrap_or_else(|| {
-            self.next += 1;
-            self.next - 1
-        })
-    }
-}
-
-/// One vector of one device: its GSI and (a clone of) the eventfd VFIO signals.
-struct Vector {
-    gsi: u32,
-    eventfd: EventFd,
-    routed: bool,
-}
-
-struct Function {
-    device: Arc<VfioDevice>,
-    msi_device_id: u32,
-    vectors: Vec<Vector>,
-    /// (bar, bar_offset) -> (slot, host address, size)
-    mappings: BTreeMap<(u8, u64), (u32, usize, usize)>,
 }
 
 /// The VMM side of one PCI segment.
@@ -77,7 +65,7 @@ struct SegmentHost {
     msi_doorbell: Option<u64>,
     routing: Arc<Mutex<IrqRouting>>,
     memslots: Arc<Mutex<Memslots>>,
-    functions: BTreeMap<PciAddress, Function>,
+    functions: Functions,
 }
 
 fn page_size() -> u64 {
@@ -92,41 +80,10 @@ impl PciSegmentHost for SegmentHost {
         address: PciAddress,
         mapping: &DirectMapping,
     ) -> Result<(), devices::pci::root::HostError> {
-        let function = self.functions.get_mut(&address).ok_or("no such function")?;
-        let bar = u32::from(mapping.bar);
-        let fd = std::os::fd::AsRawFd::as_raw_fd(function.device.as_ref());
-        let offset = function.device.get_region_offset(bar) + mapping.bar_offset;
-        let size = usize::try_from(mapping.size)?;
-        // SAFETY: maps `size` bytes of the VFIO device fd at a region offset VFIO reported as
-        // mmap-able; the result is checked; the mapping is owned by this table until unmapped.
-        let host = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                offset as libc::off_t,
-            )
-        };
-        if host == libc::MAP_FAILED {
-            return Err(Box::new(std::io::Error::last_os_error()));
-        }
-        let slot = self.memslots.lock().expect("memslots lock").take();
-        let region = kvm_userspace_memory_region {
-            slot,
-            flags: 0,
-            guest_phys_addr: mapping.guest_addr,
-            memory_size: mapping.size,
-            userspace_addr: host as u64,
-        };
-        // SAFETY: `host` is a live mapping of `size` bytes kept until the slot is removed.
-        if let Err(e) = unsafe { self.vm.set_user_memory_region(region) } {
-            // SAFETY: unmapping what was just mapped above.
-            unsafe { libc::munmap(host, size) };
-            self.memslots.lock().expect("memslots lock").free.push(slot);
-            return Err(Box::new(e));
-        }
+        let mut functions = self.functions.lock().expect("functions lock");
+        let function = functions.get_mut(&address).ok_or("no such function")?;
+        let sink: Arc<dyn MemslotSink> = self.vm.clone();
+        let slot = function.map(sink, self.memslots.clone(), mapping)?;
         log::debug!(
             "{address}: BAR{} +{:#x} mapped at {:#x} ({:#x} bytes, slot {slot})",
             mapping.bar,
@@ -134,40 +91,23 @@ impl PciSegmentHost for SegmentHost {
             mapping.guest_addr,
             mapping.size
         );
-        function.mappings.insert(
-            (mapping.bar, mapping.bar_offset),
-            (slot, host as usize, size),
-        );
         Ok(())
     }
 
     fn unmap_direct(&mut self, address: PciAddress, mapping: &DirectMapping) {
-        let Some(function) = self.functions.get_mut(&address) else {
-            return;
-        };
-        let Some((slot, host, size)) = function.mappings.remove(&(mapping.bar, mapping.bar_offset))
-        else {
-            return;
-        };
-        let region = kvm_userspace_memory_region {
-            slot,
-            flags: 0,
-            guest_phys_addr: mapping.guest_addr,
-            memory_size: 0,
-            userspace_addr: host as u64,
-        };
-        // SAFETY: a zero-sized region deletes the slot; the mapping is unmapped after it.
-        if let Err(e) = unsafe { self.vm.set_user_memory_region(region) } {
-            log::error!("{address}: removing BAR{} memslot {slot}: {e}", mapping.bar);
-            return;
+        if let Some(function) = self
+            .functions
+            .lock()
+            .expect("functions lock")
+            .get_mut(&address)
+        {
+            function.unmap(mapping);
         }
-        // SAFETY: the mapping was created by map_direct and no memslot refers to it any more.
-        unsafe { libc::munmap(host as *mut libc::c_void, size) };
-        self.memslots.lock().expect("memslots lock").free.push(slot);
     }
 
     fn update_routes(&mut self, address: PciAddress, routes: &[InterruptRoute]) {
-        let Some(function) = self.functions.get_mut(&address) else {
+        let mut functions = self.functions.lock().expect("functions lock");
+        let Some(function) = functions.get_mut(&address) else {
             return;
         };
         let mut routing = self.routing.lock().expect("routing lock");
@@ -186,25 +126,22 @@ impl PciSegmentHost for SegmentHost {
             }
             // A masked vector keeps its eventfd but loses its irqfd: signals wait in the
             // eventfd (the model shows them pending) and KVM injects them when re-attached.
-            let result = match (msi.is_some(), vector.routed) {
-                (true, false) => self.vm.register_irqfd(&vector.eventfd, vector.gsi),
-                (false, true) => self.vm.unregister_irqfd(&vector.eventfd, vector.gsi),
-                _ => Ok(()),
+            let result = match (msi.is_some(), vector.irqfd.take()) {
+                (true, None) => {
+                    Irqfd::attach(self.vm.clone(), vector.eventfd.clone(), vector.gsi, None)
+                        .map(|irqfd| vector.irqfd = Some(irqfd))
+                }
+                (false, Some(irqfd)) => irqfd.detach().map_err(|(irqfd, e)| {
+                    vector.irqfd = Some(irqfd);
+                    e
+                }),
+                (_, irqfd) => {
+                    vector.irqfd = irqfd;
+                    Ok(())
+                }
             };
-            match result {
-                Ok(()) => vector.routed = msi.is_some(),
-                Err(e) => log::error!("{address}: vector {} irqfd: {e}", route.vector),
-            }
-        }
-    }
-}
-
-impl Drop for SegmentHost {
-    fn drop(&mut self) {
-        for function in self.functions.values() {
-            for &(_, host, size) in function.mappings.values() {
-                // SAFETY: mappings made by map_direct; the VM (and its memslots) is going away.
-                unsafe { libc::munmap(host as *mut libc::c_void, size) };
+            if let Err(e) = result {
+                log::error!("{address}: vector {} irqfd: {e}", route.vector);
             }
         }
     }
@@ -236,12 +173,16 @@ pub fn attach(
     let routing = Arc::new(Mutex::new(routing));
     let memslots = Arc::new(Mutex::new(memslots));
     let page = page_size();
-    let mut roots = Vec::new();
-    let mut smmus = Vec::new();
-    let mut watches = Vec::new();
+    let mut state = PciState {
+        functions: Vec::new(),
+        _roots: Vec::new(),
+        smmus: Vec::new(),
+        watches: Vec::new(),
+        _vfio: vfio,
+        _routing: routing.clone(),
+    };
+    let vfio = &state._vfio;
     for bridge in &platform.pci_bridges {
-        let mut functions = BTreeMap::new();
-        let mut models = Vec::new();
         let mut backends = Vec::new();
         for function in &bridge.functions {
             let host = hosts
@@ -269,9 +210,24 @@ pub fn attach(
                 .collect::<Result<Vec<_>, VmError>>()?;
             let (instance, watch) =
                 super::smmu::attach(vm, plan, memory, vfio.iommufd(), &members, mmio)?;
-            smmus.push(instance);
-            watches.push(watch);
+            state.smmus.push(instance);
+            state.watches.push(watch);
         }
+        // The root (with the models) and the functions' host resources join the state as they
+        // are made, so a failure below releases them in the teardown order.
+        let functions = Functions::default();
+        state.functions.push(functions.clone());
+        let behind_smmu = platform.smmus.iter().any(|s| s.segment == bridge.segment);
+        let host = SegmentHost {
+            vm: vm.clone(),
+            msi_doorbell: its_doorbell(platform).filter(|_| behind_smmu),
+            routing: routing.clone(),
+            memslots: memslots.clone(),
+            functions: functions.clone(),
+        };
+        let root = PciRoot::new(bridge.bus_start, bridge.bus_end, Box::new(host));
+        let root = Arc::new(Mutex::new(root));
+        state._roots.push(root.clone());
         for (function, host, backend) in backends {
             let handle = backend.device();
             let model = VfioPciDevice::new(Box::new(backend), page).map_err(|e| {
@@ -280,51 +236,29 @@ pub fn attach(
             let address = PciAddress::new(function.bus, function.device, function.function)
                 .ok_or_else(|| pci_err(format!("bad PCI address for {}", function.label)))?;
             let vectors = allocate_vectors(&routing, &model, host)?;
-            attach_intx(vm, bridge, function.device, &model, host)?;
-            functions.insert(
+            let intx = attach_intx(vm, bridge, function.device, &model, host)?;
+            let model = Arc::new(Mutex::new(model));
+            root.lock()
+                .expect("PCI root lock")
+                .add_device(address, model)
+                .map_err(|e| pci_err(format!("placing {address}: {e}")))?;
+            functions.lock().expect("functions lock").insert(
                 address,
-                Function {
-                    device: handle,
-                    msi_device_id: function.msi_device_id,
-                    vectors,
-                    mappings: BTreeMap::new(),
-                },
+                FunctionResources::new(handle, function.msi_device_id, vectors, intx),
             );
-            models.push((address, Arc::new(Mutex::new(model))));
             log::info!(
                 "{} -> guest {:04x}:{address}",
                 function.label,
                 bridge.segment
             );
         }
-        let behind_smmu = platform.smmus.iter().any(|s| s.segment == bridge.segment);
-        let host = SegmentHost {
-            vm: vm.clone(),
-            msi_doorbell: its_doorbell(platform).filter(|_| behind_smmu),
-            routing: routing.clone(),
-            memslots: memslots.clone(),
-            functions,
-        };
-        let mut root = PciRoot::new(bridge.bus_start, bridge.bus_end, Box::new(host));
-        for (address, model) in models {
-            root.add_device(address, model)
-                .map_err(|e| pci_err(format!("placing {address}: {e}")))?;
-        }
-        let root = Arc::new(Mutex::new(root));
         mmio.insert(bridge.ecam.base, bridge.ecam.size, root.clone())?;
         for window in [bridge.mmio32, bridge.mmio64] {
             let w = PciWindow::new(root.clone(), window.base, BarSpace::Memory);
             mmio.insert(window.base, window.size, Arc::new(Mutex::new(w)))?;
         }
-        roots.push(root);
     }
-    Ok(Some(PciState {
-        _roots: roots,
-        smmus,
-        watches,
-        _vfio: vfio,
-        _routing: routing,
-    }))
+    Ok(Some(state))
 }
 
 /// GITS_TRANSLATER of the guest's ITS (Arm GIC architecture: ITS base + 0x10040).
@@ -352,8 +286,8 @@ fn allocate_vectors(
             let eventfd = evt.try_clone().map_err(|e| VmError::Vfio(Box::new(e)))?;
             Ok(Vector {
                 gsi,
-                eventfd,
-                routed: false,
+                eventfd: Arc::new(eventfd),
+                irqfd: None,
             })
         })
         .collect()
@@ -361,21 +295,25 @@ fn allocate_vectors(
 
 /// Legacy INTx on the slot's swizzled line, level-triggered through a resampling irqfd.
 fn attach_intx(
-    vm: &VmFd,
+    vm: &Arc<VmFd>,
     bridge: &PciBridge,
     slot: u8,
     model: &VfioPciDevice,
     host: &HostDevice,
-) -> Result<(), VmError> {
+) -> Result<Option<Irqfd>, VmError> {
     let pin = model.interrupt_pin();
     let Some((trigger, resample)) = model.intx_eventfds() else {
-        return Ok(());
+        return Ok(None);
     };
     if pin == 0 {
-        return Ok(());
+        return Ok(None);
     }
     let line = bridge.intx[(usize::from(slot) + usize::from(pin) - 1) % 4];
-    vm.register_irqfd_with_resample(trigger, resample, line)
+    let trigger = trigger
+        .try_clone()
+        .map_err(|e| VmError::Vfio(Box::new(e)))?;
+    Irqfd::attach(vm.clone(), Arc::new(trigger), line, Some(resample))
+        .map(Some)
         .map_err(|e| {
             VmError::Vfio(format!("devices[{}] ({}): INTx irqfd: {e}", host.index, host.bdf).into())
         })

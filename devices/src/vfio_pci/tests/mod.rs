@@ -1,11 +1,18 @@
-//! The VFIO-PCI model against an in-memory device whose configuration space each test scripts.
+//! The VFIO-PCI model against an in-memory device whose configuration space each test scripts:
+//! the fake and helpers, identity and robustness here, one file per concern beside it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use super::*;
+use crate::pci::BarKind;
 use crate::pci::capability::{extended_capabilities, standard_capabilities};
 use crate::pci::msi::MsiMessage;
+
+mod bars;
+mod capabilities;
+mod interrupts;
+mod reset;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum IrqCall {
@@ -278,6 +285,18 @@ fn range(offset: u64, size: u64) -> BarRange {
     BarRange { offset, size }
 }
 
+/// Seeded xorshift, no dependencies.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
 #[test]
 fn shadow_has_the_real_identity() {
     let (mut dev, fake) = create(gpu());
@@ -295,413 +314,6 @@ fn shadow_has_the_real_identity() {
     let _ = write32(&mut dev, 0x08, 0);
     assert_eq!(read32(&mut dev, 0x00), 0x2330_10de);
     assert_eq!(read32(&mut dev, 0x08), 0x0302_00a1);
-}
-
-#[test]
-fn bars_have_host_sizes_and_guest_addresses() {
-    let (mut dev, fake) = create(gpu());
-    let bars: Vec<_> = dev
-        .bars()
-        .iter()
-        .map(|b| (b.index, b.kind, b.size))
-        .collect();
-    assert_eq!(
-        bars,
-        [
-            (
-                0,
-                BarKind::Memory32 {
-                    prefetchable: false
-                },
-                0x4000
-            ),
-            (1, BarKind::Io, 0x100),
-            (
-                2,
-                BarKind::Memory64 {
-                    prefetchable: false
-                },
-                0x10000
-            ),
-            (4, BarKind::Memory64 { prefetchable: true }, 8 * GIB),
-        ]
-    );
-    let sizes: Vec<u32> = (0..6)
-        .map(|i| {
-            let _ = write32(&mut dev, 0x10 + 4 * i, u32::MAX);
-            read32(&mut dev, 0x10 + 4 * i)
-        })
-        .collect();
-    assert_eq!(
-        sizes,
-        [
-            0xffff_c000,
-            0xffff_ff01,
-            0xffff_0004,
-            0xffff_ffff,
-            0x0000_000c,
-            0xffff_fffe
-        ]
-    );
-    let moved = write32(&mut dev, 0x20, 0x0);
-    assert_eq!(moved, ConfigWriteResult::None); // back to where it was
-    let moved = write32(&mut dev, 0x24, 0x40);
-    assert!(matches!(moved, ConfigWriteResult::BarMoved(m)
-        if m.bar == 4 && m.new == 0x40_0000_0000 && m.size == 8 * GIB));
-    // BAR programming never reaches the device.
-    assert!(fake.state().config_writes.is_empty());
-}
-
-#[test]
-fn capability_list_virtualises_msi_and_hides_what_the_vmm_cannot_mediate() {
-    let (mut dev, _) = create(gpu());
-    let view = guest_view(&mut dev);
-    let ids: Vec<(u8, u16)> = standard_capabilities(&view)
-        .iter()
-        .map(|c| (c.id, c.offset))
-        .collect();
-    assert_eq!(
-        ids,
-        [
-            (0x01, 0x40),
-            (0x05, MSI),
-            (0x11, MSIX),
-            (0x10, PCIE),
-            (0x09, VENDOR)
-        ]
-    );
-    let ext: Vec<(u16, u16)> = extended_capabilities(&view)
-        .iter()
-        .map(|c| (c.id, c.offset))
-        .collect();
-    assert_eq!(ext, [(0x0003, 0x140), (0x000b, 0x190)]);
-    // AER's place holds a null header pointing at DSN; hidden ones read as zero.
-    assert_eq!(read32(&mut dev, 0x100), 0x1400_0000);
-    assert_eq!(read32(&mut dev, 0x150), 0);
-    assert_eq!(read32(&mut dev, 0xd0), 0);
-    assert_eq!(read32(&mut dev, 0x144), 0x89ab_cdef);
-    // Vendor capability ends the standard list; vendor extended ends the extended one.
-    assert_eq!(view[usize::from(VENDOR) + 1], 0);
-    assert_eq!(read32(&mut dev, 0x190) >> 20, 0);
-    // MSI: capability bits kept, enable/MME clear, the host's address not shown.
-    assert_eq!(read32(&mut dev, MSI), 0x0186_7005);
-    assert_eq!(read32(&mut dev, MSI + 4), 0);
-    // MSI-X: table and PBA where the device has them, disabled.
-    assert_eq!(read32(&mut dev, MSIX), 0x0007_8011);
-    assert_eq!(read32(&mut dev, MSIX + 4), 0x3002);
-    assert_eq!(read32(&mut dev, MSIX + 8), 0x3802);
-    // PM shows D0, and the guest's D-state writes stay in the shadow.
-    assert_eq!(read32(&mut dev, 0x44) & 3, 0);
-    let _ = dev.config_write(0x44, &[3]);
-    assert_eq!(read32(&mut dev, 0x44) & 3, 3);
-}
-
-#[test]
-fn live_and_forwarded_fields() {
-    let (mut dev, fake) = create(gpu());
-    // PCIe device and link status come from the device.
-    assert_eq!(read32(&mut dev, PCIE + 8) >> 16, 0x0010);
-    fake.state().config[0x93] = 0x20;
-    assert_eq!(read32(&mut dev, PCIE + 0x10) >> 16, 0x2043);
-    // Vendor capability body is the device's, writes go to it; its header is the shadow's.
-    fake.state().config[0xc4] = 0x99;
-    assert_eq!(read32(&mut dev, VENDOR + 4) & 0xff, 0x99);
-    let _ = write32(&mut dev, VENDOR + 4, 0x1234_5678);
-    assert_eq!(read32(&mut dev, VENDOR), 0x7710_0009);
-    let _ = write32(&mut dev, 0x194, 0xffff_ffff);
-    assert_eq!(
-        fake.state().config_writes,
-        [
-            (0xc4, 0x1234_5678u32.to_le_bytes().to_vec()),
-            (0x194, vec![0xff; 4])
-        ]
-    );
-    // Status error bits are the device's (RW1C), the capability-list bit the shadow's.
-    fake.state().config[0x07] = 0x40;
-    fake.state().config[0x06] = 0x00;
-    assert_eq!(read32(&mut dev, 4) >> 16, 0x4010);
-    // PCIe control writes stay in the shadow.
-    fake.state().config_writes.clear();
-    let _ = write16(&mut dev, PCIE + 8, 0x2810);
-    assert_eq!(read32(&mut dev, PCIE + 8) & 0xffff, 0x2810);
-    assert!(fake.state().config_writes.is_empty());
-}
-
-#[test]
-fn command_register_reaches_the_device() {
-    let (mut dev, fake) = create(gpu());
-    let r = write32(&mut dev, 4, 0xffff_0006);
-    assert_eq!(
-        r,
-        ConfigWriteResult::DecodeChanged {
-            memory: true,
-            io: false
-        }
-    );
-    // Command and the error half of status go to the device; the shadow owns status bit 4.
-    assert_eq!(
-        fake.state().config_writes,
-        [(4, vec![0x06, 0x00]), (7, vec![0xff])]
-    );
-    fake.state().config_writes.clear();
-    let _ = dev.config_write(5, &[0x04]);
-    let _ = dev.config_write(6, &[0xff]);
-    assert_eq!(fake.state().config_writes, [(5, vec![0x04])]);
-}
-
-#[test]
-fn flr_resets_the_device() {
-    let (mut dev, fake) = create(gpu());
-    let _ = write16(&mut dev, PCIE + 8, 0x8000);
-    assert_eq!(fake.state().resets, 2);
-    assert_eq!(read32(&mut dev, PCIE + 8) & 0x8000, 0);
-    let _ = dev.config_write(PCIE + 8, &[0xff]);
-    assert_eq!(fake.state().resets, 2);
-}
-
-#[test]
-fn intx_is_on_until_msi_or_msix() {
-    let (dev, fake) = create(gpu());
-    assert_eq!(fake.state().irqs, [IrqCall::Intx]);
-    assert!(dev.intx_eventfds().is_some());
-    assert_eq!(dev.vector_eventfds().len(), 8);
-
-    let mut state = gpu();
-    state.irq_counts[0] = 0;
-    let (mut dev, fake) = create(state);
-    assert!(fake.state().irqs.is_empty());
-    assert!(dev.intx_eventfds().is_none());
-    assert_eq!(read32(&mut dev, 0x3c) >> 8 & 0xff, 0);
-}
-
-#[test]
-fn msix_table_writes_become_routes() {
-    let (mut dev, fake) = create(gpu());
-    fake.state().irqs.clear();
-    // Enable: all entries come out of reset masked, so no route yet.
-    assert!(routes(dev.config_write(MSIX + 3, &[0x80])).is_empty());
-    assert_eq!(
-        fake.state().irqs,
-        [IrqCall::Disable(IrqType::Intx), IrqCall::Msix(8)]
-    );
-    let entry = 0x3000 + 16;
-    assert!(
-        dev.mmio_write(2, entry, &0xfee0_1000u32.to_le_bytes())
-            .is_empty()
-    );
-    assert!(dev.mmio_write(2, entry + 4, &0u32.to_le_bytes()).is_empty());
-    assert!(
-        dev.mmio_write(2, entry + 8, &0x41u32.to_le_bytes())
-            .is_empty()
-    );
-    let msg = Some(MsiMessage {
-        address: 0xfee0_1000,
-        data: 0x41,
-    });
-    assert_eq!(
-        dev.mmio_write(2, entry + 12, &0u32.to_le_bytes()),
-        [InterruptRoute {
-            vector: 1,
-            message: msg
-        }]
-    );
-    let mut back = [0u8; 8];
-    dev.mmio_read(2, entry, &mut back);
-    assert_eq!(u64::from_le_bytes(back), 0xfee0_1000);
-    // Changing the message of an unmasked vector updates its route.
-    let moved = Some(MsiMessage {
-        address: 0xfee0_2000,
-        data: 0x41,
-    });
-    assert_eq!(
-        dev.mmio_write(2, entry, &0xfee0_2000u64.to_le_bytes()),
-        [InterruptRoute {
-            vector: 1,
-            message: moved
-        }]
-    );
-    // Function mask hides every vector, clearing it brings them back.
-    assert_eq!(
-        routes(dev.config_write(MSIX + 3, &[0xc0])),
-        [InterruptRoute {
-            vector: 1,
-            message: None
-        }]
-    );
-    assert_eq!(
-        routes(dev.config_write(MSIX + 3, &[0x80])),
-        [InterruptRoute {
-            vector: 1,
-            message: moved
-        }]
-    );
-    // Masking the entry.
-    assert_eq!(
-        dev.mmio_write(2, entry + 12, &1u32.to_le_bytes()),
-        [InterruptRoute {
-            vector: 1,
-            message: None
-        }]
-    );
-    let _ = dev.mmio_write(2, entry + 12, &0u32.to_le_bytes());
-    // The table never reaches the device.
-    assert!(fake.state().bar_writes.is_empty());
-    // Disable: routes go, INTx comes back.
-    fake.state().irqs.clear();
-    assert_eq!(
-        routes(dev.config_write(MSIX + 3, &[0x00])),
-        [InterruptRoute {
-            vector: 1,
-            message: None
-        }]
-    );
-    assert_eq!(
-        fake.state().irqs,
-        [IrqCall::Disable(IrqType::Msix), IrqCall::Intx]
-    );
-}
-
-#[test]
-fn msi_multiple_messages_and_masking() {
-    let (mut dev, fake) = create(gpu());
-    fake.state().irqs.clear();
-    let _ = write32(&mut dev, MSI + 4, 0xfee0_0000);
-    let _ = write32(&mut dev, MSI + 8, 0);
-    let _ = write16(&mut dev, MSI + 0xc, 0x4020);
-    // MME = 2: four vectors, data low bits carry the vector number.
-    let changes = routes(dev.config_write(MSI + 2, &[0x87 | 0x20]));
-    assert_eq!(
-        fake.state().irqs,
-        [IrqCall::Disable(IrqType::Intx), IrqCall::Msi(4)]
-    );
-    let expected: Vec<InterruptRoute> = (0..4)
-        .map(|i| InterruptRoute {
-            vector: i,
-            message: Some(MsiMessage {
-                address: 0xfee0_0000,
-                data: 0x4020 | u32::from(i),
-            }),
-        })
-        .collect();
-    assert_eq!(changes, expected);
-    // Per-vector mask.
-    assert_eq!(
-        routes(write32(&mut dev, MSI + 0x10, 0b100)),
-        [InterruptRoute {
-            vector: 2,
-            message: None
-        }]
-    );
-    // Granting more vectors re-enables MSI on the host with the new count.
-    fake.state().irqs.clear();
-    let changes = routes(dev.config_write(MSI + 2, &[0x87 | 0x30]));
-    assert_eq!(
-        fake.state().irqs,
-        [IrqCall::Disable(IrqType::Msi), IrqCall::Msi(8)]
-    );
-    // Vectors 4..8 appear; 0, 1 and 3 keep their messages, 2 stays masked.
-    assert_eq!(
-        changes.iter().map(|r| r.vector).collect::<Vec<_>>(),
-        [4, 5, 6, 7]
-    );
-    // Disable.
-    fake.state().irqs.clear();
-    let changes = routes(dev.config_write(MSI + 2, &[0x86]));
-    assert_eq!(changes.len(), 7);
-    assert!(changes.iter().all(|r| r.message.is_none()));
-    assert_eq!(
-        fake.state().irqs,
-        [IrqCall::Disable(IrqType::Msi), IrqCall::Intx]
-    );
-    // The device never saw the guest's MSI programming.
-    assert!(fake.state().config_writes.is_empty());
-}
-
-#[test]
-fn pba_reports_signals_of_masked_vectors() {
-    let (mut dev, _) = create(gpu());
-    let _ = dev.config_write(MSIX + 3, &[0x80]);
-    // Vector 3 unmasked, vectors 0 and 3 signalled.
-    let _ = dev.mmio_write(2, 0x3000 + 3 * 16 + 12, &0u32.to_le_bytes());
-    dev.vector_eventfds()[0].write(1).unwrap();
-    dev.vector_eventfds()[3].write(1).unwrap();
-    let mut pba = [0u8; 8];
-    dev.mmio_read(2, 0x3800, &mut pba);
-    assert_eq!(u64::from_le_bytes(pba), 0b1);
-    // Reading the PBA does not consume the signal.
-    assert_eq!(dev.vector_eventfds()[0].read().unwrap(), 1);
-    dev.mmio_read(2, 0x3800, &mut pba);
-    assert_eq!(u64::from_le_bytes(pba), 0);
-    let mut half = [0u8; 4];
-    dev.mmio_read(2, 0x3804, &mut half);
-    assert_eq!(half, [0; 4]);
-    // PBA writes are ignored, odd widths read all-ones.
-    assert!(dev.mmio_write(2, 0x3800, &[0xff; 8]).is_empty());
-    let mut odd = [0u8; 2];
-    dev.mmio_read(2, 0x3800, &mut odd);
-    assert_eq!(odd, [0xff; 2]);
-}
-
-#[test]
-fn direct_and_trapped_bar_ranges() {
-    let (dev, _) = create(gpu());
-    assert_eq!(dev.direct_ranges(0), [range(0, 0x4000)]);
-    assert!(dev.trapped_ranges(0).is_empty());
-    // I/O BAR: never mapped.
-    assert!(dev.direct_ranges(1).is_empty());
-    assert_eq!(dev.trapped_ranges(1), [range(0, 0x100)]);
-    // The MSI-X table and PBA page is trapped.
-    assert_eq!(
-        dev.direct_ranges(2),
-        [range(0, 0x3000), range(0x4000, 0xc000)]
-    );
-    assert_eq!(dev.trapped_ranges(2), [range(0x3000, 0x1000)]);
-    // Sparse areas, shrunk to whole pages.
-    assert_eq!(
-        dev.direct_ranges(4),
-        [range(0, 0x1000_0000), range(0x1_0000_1000, 0x1000)]
-    );
-    assert_eq!(
-        dev.trapped_ranges(4),
-        [
-            range(0x1000_0000, 0xf000_1000),
-            range(0x1_0000_2000, 4 * GIB - 0x2000)
-        ]
-    );
-    assert!(dev.direct_ranges(3).is_empty() && dev.direct_ranges(7).is_empty());
-    assert!(dev.trapped_ranges(3).is_empty() && dev.trapped_ranges(200).is_empty());
-
-    // 64 KiB host pages: BAR 0 is too small, BAR 2 is all MSI-X page.
-    let (dev, _) = create_paged(gpu(), 0x10000);
-    assert!(dev.direct_ranges(0).is_empty());
-    assert!(dev.direct_ranges(2).is_empty());
-    assert_eq!(dev.trapped_ranges(2), [range(0, 0x10000)]);
-    assert_eq!(dev.direct_ranges(4), [range(0, 0x1000_0000)]);
-
-    // A region the host cannot mmap is all trapped.
-    let mut state = gpu();
-    state.regions[0].mmap = false;
-    let (dev, _) = create(state);
-    assert!(dev.direct_ranges(0).is_empty());
-}
-
-#[test]
-fn trapped_bar_accesses_go_to_the_device() {
-    let (mut dev, fake) = create(gpu());
-    let mut data = [0u8; 4];
-    dev.mmio_read(2, 0x100, &mut data);
-    assert_eq!(data, [0x00, 0x01, 0x02, 0x03]);
-    // Same page as the table, outside table and PBA.
-    assert!(dev.mmio_write(2, 0x3f00, &[9, 8]).is_empty());
-    dev.mmio_read(2, 0x3f00, &mut data);
-    assert_eq!(data, [9, 8, 0x02, 0x03]);
-    dev.mmio_read(1, 0xfc, &mut data);
-    assert_eq!(data, [0xfc, 0xfd, 0xfe, 0xff]);
-    let _ = dev.mmio_write(1, 0x10, &[1]);
-    assert_eq!(
-        fake.state().bar_writes,
-        [(2, 0x3f00, vec![9, 8]), (1, 0x10, vec![1])]
-    );
 }
 
 #[test]
@@ -810,18 +422,6 @@ fn bad_devices_are_refused_or_trimmed() {
     assert!(routes(dev.config_write(MSIX + 3, &[0x80])).is_empty());
     let _ = dev.mmio_write(2, 0x3000 + 12, &0u32.to_le_bytes());
     let _ = dev.mmio_write(2, 0x100, &[1]);
-}
-
-/// Seeded xorshift, no dependencies.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 #[test]
