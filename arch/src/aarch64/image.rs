@@ -1,13 +1,20 @@
 //! Loading an arm64 Linux `Image` (raw or gzip-compressed) and placing the boot blobs around it,
 //! per Linux `Documentation/arch/arm64/booting.rst`.
+//!
+//! The Image is copied by linux-loader's PE loader, which exists only on arm64 (and riscv64)
+//! hosts: loading is gated on the host, as a kernel is only ever loaded for the host's own
+//! architecture. The placement of the device tree, firmware tables and initrd is part of the plan
+//! and builds everywhere.
 
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 
-use flate2::read::GzDecoder;
+use linux_loader::cmdline::{Cmdline, Error as CmdlineError};
 use thiserror::Error;
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
 
 use crate::platform::GuestRange;
+
+#[cfg(target_arch = "aarch64")]
+pub use pe::load_kernel;
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -25,17 +32,16 @@ pub const MAX_DECOMPRESSED_SIZE: u64 = 128 * MIB;
 /// The initrd is aligned to the largest arm64 page size, so it is page-aligned whatever granule
 /// the kernel was built with.
 pub const INITRD_ALIGN: u64 = 64 * KIB;
+/// The arm64 kernel's command line buffer (`COMMAND_LINE_SIZE`), counting the terminating NUL.
+pub const CMDLINE_CAPACITY: usize = 2048;
 /// The initrd and the kernel must both lie in one 1 GiB-aligned window of at most 32 GiB
 /// (booting.rst), or the kernel's linear map may not reach the initrd.
 const INITRD_WINDOW_ALIGN: u64 = GIB;
 const INITRD_WINDOW_SIZE: u64 = 32 * GIB;
 
-const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// "ARM\x64", little-endian.
 const IMAGE_MAGIC: u32 = 0x644d_5241;
 const HEADER_SIZE: usize = 64;
-/// Bytes moved from the file to guest memory at a time.
-const COPY_CHUNK: usize = 1 << 20;
 
 #[derive(Debug, Error)]
 pub enum ImageError {
@@ -68,8 +74,8 @@ pub enum ImageError {
     FileLongerThanImageSize(u64),
     #[error("gzip kernel decompresses to more than {MAX_DECOMPRESSED_SIZE:#x} bytes")]
     DecompressedTooLarge,
-    #[error("cannot write the kernel to guest memory at {0:#x}")]
-    GuestMemory(u64, #[source] GuestMemoryError),
+    #[error("cannot load the kernel into guest memory at {0:#x}")]
+    Load(u64, #[source] linux_loader::loader::Error),
     #[error("RAM range {base:#x}+{size:#x} wraps around the address space")]
     RamWraps { base: u64, size: u64 },
     #[error("initrd is empty")]
@@ -95,6 +101,12 @@ pub enum ImageError {
         "kernel {kernel_base:#x}..{kernel_end:#x} and initrd do not fit one 1 GiB-aligned 32 GiB window"
     )]
     InitrdWindow { kernel_base: u64, kernel_end: u64 },
+    #[error("kernel command line contains a NUL byte")]
+    CmdlineNul,
+    #[error("kernel command line is {len} bytes, at most {max} allowed", max = CMDLINE_CAPACITY - 1)]
+    CmdlineTooLong { len: usize },
+    #[error("kernel command line is invalid")]
+    Cmdline(#[source] CmdlineError),
 }
 
 /// Where the kernel went.
@@ -117,171 +129,19 @@ pub struct BootLayout {
     pub initrd: Option<GuestRange>,
 }
 
-/// The `flags` field of the Image header (booting.rst).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ImageFlags(u64);
-
-impl ImageFlags {
-    /// Bit 0: kernel endianness, 1 = big-endian.
-    fn big_endian(self) -> bool {
-        self.0 & 1 != 0
-    }
-
-    /// Bits 1-2: the kernel's page size in bytes, if the kernel says.
-    fn page_size(self) -> Option<u64> {
-        match (self.0 >> 1) & 0b11 {
-            1 => Some(4 * KIB),
-            2 => Some(16 * KIB),
-            3 => Some(64 * KIB),
-            _ => None,
-        }
-    }
+/// The command line as linux-loader's `Cmdline`, checked against the arm64 kernel's buffer and
+/// for NUL bytes. The device tree carries it in `/chosen/bootargs`.
+pub fn kernel_cmdline(cmdline: &str) -> Result<Cmdline, ImageError> {
+    let cmdline_err = |e| match e {
+        CmdlineError::InvalidCapacity => ImageError::CmdlineTooLong { len: cmdline.len() },
+        CmdlineError::NullTerminator => ImageError::CmdlineNul,
+        e => ImageError::Cmdline(e),
+    };
+    let built = Cmdline::try_from(cmdline, CMDLINE_CAPACITY).map_err(cmdline_err)?;
+    built.as_cstring().map_err(cmdline_err)?;
+    Ok(built)
 }
 
-/// The 64-byte header at the start of every arm64 `Image` (booting.rst); all fields are
-/// little-endian.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ImageHeader {
-    /// Executable code (a branch, or "MZ" for EFI stub kernels).
-    code0: u32,
-    code1: u32,
-    text_offset: u64,
-    /// Effective image size including bss; 0 before Linux 3.17.
-    image_size: u64,
-    flags: ImageFlags,
-}
-
-impl ImageHeader {
-    fn parse(bytes: &[u8; HEADER_SIZE]) -> Result<Self, ImageError> {
-        let u32_at = |off: usize| {
-            let mut b = [0u8; 4];
-            b.copy_from_slice(&bytes[off..off + 4]);
-            u32::from_le_bytes(b)
-        };
-        let u64_at = |off: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&bytes[off..off + 8]);
-            u64::from_le_bytes(b)
-        };
-        let magic = u32_at(56);
-        if magic != IMAGE_MAGIC {
-            return Err(ImageError::BadMagic(magic));
-        }
-        let header = ImageHeader {
-            code0: u32_at(0),
-            code1: u32_at(4),
-            text_offset: u64_at(8),
-            image_size: u64_at(16),
-            flags: ImageFlags(u64_at(24)),
-        };
-        if header.flags.big_endian() {
-            return Err(ImageError::BigEndian);
-        }
-        match header.image_size {
-            0 => Err(ImageError::UnknownImageSize),
-            n if n < HEADER_SIZE as u64 => Err(ImageError::ImageSizeBelowHeader(n)),
-            _ => Ok(header),
-        }
-    }
-
-    /// The kernel's footprint when loaded into `ram`: `text_offset` above the first 2 MiB-aligned
-    /// address of `ram` (booting.rst asks for a base as low in RAM as possible).
-    fn placement(&self, ram: GuestRange) -> Result<GuestRange, ImageError> {
-        let ram_end = ram_end(ram)?;
-        let base = align_up(ram.base, KERNEL_BASE_ALIGN);
-        let load = base.and_then(|base| base.checked_add(self.text_offset));
-        match load.zip(load.and_then(|load| load.checked_add(self.image_size))) {
-            Some((load, end)) if end <= ram_end => Ok(GuestRange::new(load, self.image_size)),
-            _ => Err(ImageError::ImageLargerThanRam {
-                base: base.unwrap_or(ram.base),
-                text_offset: self.text_offset,
-                size: self.image_size,
-                ram_base: ram.base,
-                ram_end,
-            }),
-        }
-    }
-}
-
-/// Loads a raw or gzip-compressed arm64 `Image` into `ram` (which `mem` must back).
-pub fn load_kernel<M: GuestMemory>(
-    mem: &M,
-    ram: GuestRange,
-    kernel: &mut (impl Read + Seek),
-) -> Result<KernelLoad, ImageError> {
-    kernel.seek(SeekFrom::Start(0)).map_err(ImageError::Read)?;
-    let mut head = [0u8; HEADER_SIZE];
-    let n = read_full(kernel, &mut head).map_err(ImageError::Read)?;
-    kernel.seek(SeekFrom::Start(0)).map_err(ImageError::Read)?;
-    // A raw Image's code0 may happen to start with the gzip magic; its own magic decides first.
-    let raw = n == HEADER_SIZE && head[56..60] == IMAGE_MAGIC.to_le_bytes();
-    if !raw && head[..n].starts_with(&GZIP_MAGIC) {
-        let mut decoder = GzDecoder::new(kernel);
-        copy_image(
-            mem,
-            ram,
-            &mut decoder,
-            Some(MAX_DECOMPRESSED_SIZE),
-            ImageError::Decompress,
-        )
-    } else {
-        copy_image(mem, ram, kernel, None, ImageError::Read)
-    }
-}
-
-/// Streams the Image from `reader` into guest memory, never holding more than a chunk of it, and
-/// stops at `image_size` (and at `cap` for decompressed input).
-fn copy_image<M: GuestMemory>(
-    mem: &M,
-    ram: GuestRange,
-    reader: &mut impl Read,
-    cap: Option<u64>,
-    read_error: fn(io::Error) -> ImageError,
-) -> Result<KernelLoad, ImageError> {
-    let mut header_bytes = [0u8; HEADER_SIZE];
-    let n = read_full(reader, &mut header_bytes).map_err(read_error)?;
-    if n < HEADER_SIZE {
-        return Err(ImageError::TruncatedHeader(n));
-    }
-    let header = ImageHeader::parse(&header_bytes)?;
-    let range = header.placement(ram)?;
-    write_guest(mem, range.base, &header_bytes)?;
-
-    let mut written = HEADER_SIZE as u64;
-    let mut chunk = vec![0u8; COPY_CHUNK];
-    loop {
-        let n = read_some(reader, &mut chunk).map_err(read_error)?;
-        if n == 0 {
-            break;
-        }
-        let total = written + n as u64;
-        if cap.is_some_and(|cap| total > cap) {
-            return Err(ImageError::DecompressedTooLarge);
-        }
-        if total > header.image_size {
-            return Err(ImageError::FileLongerThanImageSize(header.image_size));
-        }
-        write_guest(mem, range.base + written, &chunk[..n])?;
-        written = total;
-    }
-
-    log::debug!(
-        "arm64 Image: code0 {:#010x} code1 {:#010x}, {written:#x} bytes loaded at {:#x}, \
-         image_size {:#x}, page size {:?}",
-        header.code0,
-        header.code1,
-        range.base,
-        header.image_size,
-        header.flags.page_size(),
-    );
-    Ok(KernelLoad {
-        entry: range.base,
-        range,
-    })
-}
-
-/// Places the device tree, the firmware tables and the initrd top-down at the end of `ram`, clear
-/// of the kernel.
 /// Where the device tree and the firmware tables go in `ram`, whatever the kernel: (fdt,
 /// firmware tables). `boot_layout` uses it; plan dumps use it to build the same tables.
 pub fn firmware_layout(ram: GuestRange) -> Result<(GuestRange, GuestRange), ImageError> {
@@ -308,6 +168,8 @@ pub fn firmware_layout(ram: GuestRange) -> Result<(GuestRange, GuestRange), Imag
     Ok((fdt, firmware_tables))
 }
 
+/// Places the device tree, the firmware tables and the initrd top-down at the end of `ram`, clear
+/// of the kernel. Hand-written: linux-loader leaves placement to the VMM.
 pub fn boot_layout(
     ram: GuestRange,
     kernel: &KernelLoad,
@@ -386,301 +248,439 @@ fn ram_end(ram: GuestRange) -> Result<u64, ImageError> {
     })
 }
 
-fn write_guest<M: GuestMemory>(mem: &M, addr: u64, bytes: &[u8]) -> Result<(), ImageError> {
-    mem.write_slice(bytes, GuestAddress(addr))
-        .map_err(|e| ImageError::GuestMemory(addr, e))
-}
-
 /// `align` is a power of two.
 const fn align_down(addr: u64, align: u64) -> u64 {
     addr & !(align - 1)
 }
 
-/// `align` is a power of two; `None` on overflow.
-fn align_up(addr: u64, align: u64) -> Option<u64> {
-    addr.checked_add(align - 1).map(|a| align_down(a, align))
-}
+/// Loading the Image: header checks, placement and gzip are ours, the copy is linux-loader's.
+#[cfg(target_arch = "aarch64")]
+mod pe {
+    use std::io::{self, Cursor, Read, Seek, SeekFrom};
 
-/// Reads until `buf` is full or the input ends; returns the bytes read.
-fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match read_some(reader, &mut buf[filled..])? {
-            0 => break,
-            n => filled += n,
+    use flate2::read::GzDecoder;
+    use linux_loader::loader::{KernelLoader, PE, arm64_image_header};
+    use vm_memory::{ByteValued, GuestAddress, GuestMemoryBackend, ReadVolatile};
+
+    use super::*;
+
+    const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+    const _: () = assert!(size_of::<arm64_image_header>() == HEADER_SIZE);
+
+    /// The `flags` field of the Image header (booting.rst).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct ImageFlags(u64);
+
+    impl ImageFlags {
+        /// Bit 0: kernel endianness, 1 = big-endian.
+        fn big_endian(self) -> bool {
+            self.0 & 1 != 0
+        }
+
+        /// Bits 1-2: the kernel's page size in bytes, if the kernel says.
+        fn page_size(self) -> Option<u64> {
+            match (self.0 >> 1) & 0b11 {
+                1 => Some(4 * KIB),
+                2 => Some(16 * KIB),
+                3 => Some(64 * KIB),
+                _ => None,
+            }
         }
     }
-    Ok(filled)
-}
 
-/// One `read`, retried on `Interrupted`.
-fn read_some(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        match reader.read(buf) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            result => return result,
+    /// Loads a raw or gzip-compressed arm64 `Image` into `ram` (which `mem` must back).
+    pub fn load_kernel<M, F>(
+        mem: &M,
+        ram: GuestRange,
+        kernel: &mut F,
+    ) -> Result<KernelLoad, ImageError>
+    where
+        M: GuestMemoryBackend,
+        F: Read + ReadVolatile + Seek,
+    {
+        let head = read_head(kernel).map_err(ImageError::Read)?;
+        // A raw Image's code0 may happen to start with the gzip magic; its own magic decides first.
+        let raw = head.len() == HEADER_SIZE && head[56..60] == IMAGE_MAGIC.to_le_bytes();
+        if !raw && head.starts_with(&GZIP_MAGIC) {
+            load_image(mem, ram, &mut Cursor::new(decompress(kernel)?))
+        } else {
+            load_image(mem, ram, kernel)
+        }
+    }
+
+    /// Decompresses the whole file, stopping at [`MAX_DECOMPRESSED_SIZE`]. Ours: linux-loader
+    /// loads only raw Images.
+    fn decompress(file: &mut (impl Read + Seek)) -> Result<Vec<u8>, ImageError> {
+        file.seek(SeekFrom::Start(0)).map_err(ImageError::Read)?;
+        let mut image = Vec::new();
+        GzDecoder::new(file)
+            .take(MAX_DECOMPRESSED_SIZE + 1)
+            .read_to_end(&mut image)
+            .map_err(ImageError::Decompress)?;
+        if image.len() as u64 > MAX_DECOMPRESSED_SIZE {
+            return Err(ImageError::DecompressedTooLarge);
+        }
+        Ok(image)
+    }
+
+    /// Checks the raw Image in `image` and has linux-loader copy it to its place in `ram`. The
+    /// crate checks only the magic, so the header, the footprint and the length are checked
+    /// first, before guest memory is written.
+    fn load_image<M, F>(mem: &M, ram: GuestRange, image: &mut F) -> Result<KernelLoad, ImageError>
+    where
+        M: GuestMemoryBackend,
+        F: Read + ReadVolatile + Seek,
+    {
+        let header = parse_header(&read_head(image).map_err(ImageError::Read)?)?;
+        let (base, range) = placement(&header, ram)?;
+        let len = image.seek(SeekFrom::End(0)).map_err(ImageError::Read)?;
+        if len > header.image_size {
+            return Err(ImageError::FileLongerThanImageSize(header.image_size));
+        }
+        let loaded = PE::load(mem, Some(GuestAddress(base)), image, None)
+            .map_err(|e| ImageError::Load(range.base, e))?;
+        log::debug!(
+            "arm64 Image: code0 {:#010x} code1 {:#010x}, {len:#x} bytes loaded at {:#x}, \
+             image_size {:#x}, page size {:?}",
+            header.code0,
+            header.code1,
+            loaded.kernel_load.0,
+            header.image_size,
+            ImageFlags(header.flags).page_size(),
+        );
+        Ok(KernelLoad {
+            entry: loaded.kernel_load.0,
+            range,
+        })
+    }
+
+    /// Up to the first [`HEADER_SIZE`] bytes of `reader`, read from its start.
+    fn read_head(reader: &mut (impl Read + Seek)) -> io::Result<Vec<u8>> {
+        reader.seek(SeekFrom::Start(0))?;
+        let mut head = Vec::with_capacity(HEADER_SIZE);
+        reader.take(HEADER_SIZE as u64).read_to_end(&mut head)?;
+        Ok(head)
+    }
+
+    /// The header with its fields in host order, refused where linux-loader would accept it: a
+    /// big-endian kernel, or no `image_size` (the crate then guesses a `text_offset`).
+    fn parse_header(bytes: &[u8]) -> Result<arm64_image_header, ImageError> {
+        let mut header = arm64_image_header::default();
+        if bytes.len() < HEADER_SIZE {
+            return Err(ImageError::TruncatedHeader(bytes.len()));
+        }
+        header.as_mut_slice().copy_from_slice(&bytes[..HEADER_SIZE]);
+        let magic = u32::from_le(header.magic);
+        if magic != IMAGE_MAGIC {
+            return Err(ImageError::BadMagic(magic));
+        }
+        header.code0 = u32::from_le(header.code0);
+        header.code1 = u32::from_le(header.code1);
+        header.text_offset = u64::from_le(header.text_offset);
+        header.image_size = u64::from_le(header.image_size);
+        header.flags = u64::from_le(header.flags);
+        if ImageFlags(header.flags).big_endian() {
+            return Err(ImageError::BigEndian);
+        }
+        match header.image_size {
+            0 => Err(ImageError::UnknownImageSize),
+            n if n < HEADER_SIZE as u64 => Err(ImageError::ImageSizeBelowHeader(n)),
+            _ => Ok(header),
+        }
+    }
+
+    /// The 2 MiB-aligned base and the kernel's footprint `text_offset` above it, at the first
+    /// aligned address of `ram` (booting.rst asks for a base as low in RAM as possible).
+    /// linux-loader takes the base from the VMM.
+    fn placement(
+        header: &arm64_image_header,
+        ram: GuestRange,
+    ) -> Result<(u64, GuestRange), ImageError> {
+        let ram_end = ram_end(ram)?;
+        let base = ram
+            .base
+            .checked_add(KERNEL_BASE_ALIGN - 1)
+            .map(|a| align_down(a, KERNEL_BASE_ALIGN));
+        let fits = base.and_then(|base| {
+            let load = base.checked_add(header.text_offset)?;
+            let end = load.checked_add(header.image_size)?;
+            (end <= ram_end).then_some((base, GuestRange::new(load, header.image_size)))
+        });
+        fits.ok_or(ImageError::ImageLargerThanRam {
+            base: base.unwrap_or(ram.base),
+            text_offset: header.text_offset,
+            size: header.image_size,
+            ram_base: ram.base,
+            ram_end,
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use std::io::{Cursor, Write};
+
+        use flate2::Compression;
+        use flate2::write::GzEncoder;
+        use vm_memory::{Bytes, GuestMemoryMmap};
+
+        use super::*;
+
+        const RAM_BASE: u64 = 0x4000_0000;
+
+        fn memory(ram: GuestRange) -> GuestMemoryMmap<()> {
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(ram.base), ram.size as usize)])
+                .expect("test guest memory")
+        }
+
+        fn header(text_offset: u64, image_size: u64, flags: u64) -> Vec<u8> {
+            let mut h = vec![0u8; HEADER_SIZE];
+            // code0: `b #0x40` style branch, code1: 0; any bytes do, the loader does not run them.
+            h[0..4].copy_from_slice(&0x1400_0010u32.to_le_bytes());
+            h[8..16].copy_from_slice(&text_offset.to_le_bytes());
+            h[16..24].copy_from_slice(&image_size.to_le_bytes());
+            h[24..32].copy_from_slice(&flags.to_le_bytes());
+            h[56..60].copy_from_slice(b"ARM\x64");
+            h
+        }
+
+        /// A 64-byte header followed by `payload_len` bytes of a recognisable pattern.
+        fn image(text_offset: u64, image_size: u64, payload_len: usize) -> Vec<u8> {
+            let mut img = header(text_offset, image_size, 0b1010);
+            img.extend((0..payload_len).map(|i| (i * 7 + 3) as u8));
+            img
+        }
+
+        fn gzip(bytes: &[u8]) -> Vec<u8> {
+            let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
+            enc.write_all(bytes).unwrap();
+            enc.finish().unwrap()
+        }
+
+        fn guest_bytes(mem: &GuestMemoryMmap<()>, addr: u64, len: usize) -> Vec<u8> {
+            let mut buf = vec![0u8; len];
+            mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
+            buf
+        }
+
+        #[test]
+        fn header_parses_fields() {
+            let mut bytes = [0u8; HEADER_SIZE];
+            bytes.copy_from_slice(&header(0x8_0000, 0x1234_5000, 0b1010));
+            let h = parse_header(&bytes).unwrap();
+            assert_eq!(h.code0, 0x1400_0010);
+            assert_eq!(h.code1, 0);
+            assert_eq!(h.text_offset, 0x8_0000);
+            assert_eq!(h.image_size, 0x1234_5000);
+            assert!(!ImageFlags(h.flags).big_endian());
+            assert_eq!(ImageFlags(h.flags).page_size(), Some(4 * KIB));
+            assert_eq!(ImageFlags(0b110).page_size(), Some(64 * KIB));
+            assert_eq!(ImageFlags(0).page_size(), None);
+        }
+
+        #[test]
+        fn raw_image_lands_at_ram_base_plus_text_offset() {
+            let ram = GuestRange::new(RAM_BASE, 64 * MIB);
+            let mem = memory(ram);
+            let img = image(0x8_0000, 4 * MIB, MIB as usize + 4321);
+            let load = load_kernel(&mem, ram, &mut Cursor::new(&img)).unwrap();
+            assert_eq!(load.entry, RAM_BASE + 0x8_0000);
+            assert_eq!(load.range, GuestRange::new(RAM_BASE + 0x8_0000, 4 * MIB));
+            assert_eq!(guest_bytes(&mem, load.entry, img.len()), img);
+            // Nothing spilled before the load address or after the file.
+            assert_eq!(guest_bytes(&mem, load.entry - 16, 16), vec![0; 16]);
+            assert_eq!(
+                guest_bytes(&mem, load.entry + img.len() as u64, 16),
+                vec![0; 16]
+            );
+        }
+
+        #[test]
+        fn unaligned_ram_start_rounds_up_to_2mib() {
+            let ram = GuestRange::new(RAM_BASE + 0x1000, 16 * MIB);
+            let mem = memory(ram);
+            let img = image(0, MIB, 100);
+            let load = load_kernel(&mem, ram, &mut Cursor::new(&img)).unwrap();
+            assert_eq!(load.entry, RAM_BASE + 2 * MIB);
+            assert_eq!(guest_bytes(&mem, load.entry, img.len()), img);
+        }
+
+        #[test]
+        fn gzip_image_is_decompressed() {
+            let ram = GuestRange::new(RAM_BASE, 32 * MIB);
+            let mem = memory(ram);
+            let img = image(0, 8 * MIB, 3 * MIB as usize + 17);
+            let load = load_kernel(&mem, ram, &mut Cursor::new(gzip(&img))).unwrap();
+            assert_eq!(load.entry, RAM_BASE);
+            assert_eq!(load.range, GuestRange::new(RAM_BASE, 8 * MIB));
+            assert_eq!(guest_bytes(&mem, RAM_BASE, img.len()), img);
+        }
+
+        #[test]
+        fn raw_image_starting_like_gzip_is_raw() {
+            let ram = GuestRange::new(RAM_BASE, 8 * MIB);
+            let mem = memory(ram);
+            let mut img = image(0, MIB, 100);
+            // `b` with imm26 0x8b1f encodes as 1f 8b 00 14.
+            img[0..4].copy_from_slice(&[0x1f, 0x8b, 0x00, 0x14]);
+            let load = load_kernel(&mem, ram, &mut Cursor::new(&img)).unwrap();
+            assert_eq!(guest_bytes(&mem, load.entry, img.len()), img);
+        }
+
+        #[test]
+        fn reader_position_does_not_matter() {
+            let ram = GuestRange::new(RAM_BASE, 8 * MIB);
+            let mem = memory(ram);
+            let img = image(0, MIB, 10);
+            let mut file = Cursor::new(&img);
+            file.set_position(30);
+            let load = load_kernel(&mem, ram, &mut file).unwrap();
+            assert_eq!(guest_bytes(&mem, load.entry, img.len()), img);
+        }
+
+        #[test]
+        fn bad_magic_is_named() {
+            let ram = GuestRange::new(RAM_BASE, 8 * MIB);
+            let mem = memory(ram);
+            let mut img = image(0, MIB, 10);
+            img[56..60].copy_from_slice(b"RISC");
+            let err = load_kernel(&mem, ram, &mut Cursor::new(&img)).unwrap_err();
+            assert!(matches!(err, ImageError::BadMagic(0x4353_4952)), "{err:?}");
+            // The same through gzip.
+            let err = load_kernel(&mem, ram, &mut Cursor::new(gzip(&img))).unwrap_err();
+            assert!(matches!(err, ImageError::BadMagic(_)), "{err:?}");
+            assert!(err.to_string().contains("0x43534952"), "{err}");
+        }
+
+        #[test]
+        fn truncated_files() {
+            let ram = GuestRange::new(RAM_BASE, 8 * MIB);
+            let mem = memory(ram);
+            let img = image(0, MIB, 0);
+            for len in [0, 1, 2, 40, 63] {
+                let err = load_kernel(&mem, ram, &mut Cursor::new(&img[..len])).unwrap_err();
+                assert!(
+                    matches!(err, ImageError::TruncatedHeader(n) if n == len),
+                    "{err:?}"
+                );
+            }
+            let err = load_kernel(&mem, ram, &mut Cursor::new(gzip(&img[..40]))).unwrap_err();
+            assert!(matches!(err, ImageError::TruncatedHeader(40)), "{err:?}");
+            // A header alone is a complete (if useless) Image.
+            assert!(load_kernel(&mem, ram, &mut Cursor::new(&img)).is_ok());
+        }
+
+        #[test]
+        fn truncated_gzip_stream_is_a_decompression_error() {
+            let ram = GuestRange::new(RAM_BASE, 8 * MIB);
+            let mem = memory(ram);
+            let gz = gzip(&image(0, MIB, 100_000));
+            let err = load_kernel(&mem, ram, &mut Cursor::new(&gz[..gz.len() / 2])).unwrap_err();
+            assert!(matches!(err, ImageError::Decompress(_)), "{err:?}");
+        }
+
+        /// A gzip Image that decompresses to exactly `len` bytes: a header, then zeros.
+        fn zeros_gz(image_size: u64, len: u64) -> Vec<u8> {
+            let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
+            enc.write_all(&header(0, image_size, 0)).unwrap();
+            let zeros = vec![0u8; MIB as usize];
+            let mut left = len - HEADER_SIZE as u64;
+            while left > 0 {
+                let n = left.min(MIB);
+                enc.write_all(&zeros[..n as usize]).unwrap();
+                left -= n;
+            }
+            enc.finish().unwrap()
+        }
+
+        #[test]
+        fn zip_bomb_stops_at_the_cap() {
+            // The header claims more than the cap and RAM holds it: only the cap stops the stream.
+            let ram = GuestRange::new(RAM_BASE, 256 * MIB);
+            let mem = memory(ram);
+            let bomb = zeros_gz(200 * MIB, MAX_DECOMPRESSED_SIZE + 1);
+            assert!(bomb.len() < MIB as usize);
+            let err = load_kernel(&mem, ram, &mut Cursor::new(bomb)).unwrap_err();
+            assert!(matches!(err, ImageError::DecompressedTooLarge), "{err:?}");
+            // Exactly the cap is still a kernel.
+            let at_cap = zeros_gz(200 * MIB, MAX_DECOMPRESSED_SIZE);
+            let load = load_kernel(&mem, ram, &mut Cursor::new(at_cap)).unwrap();
+            assert_eq!(load.range, GuestRange::new(RAM_BASE, 200 * MIB));
+        }
+
+        #[test]
+        fn image_larger_than_ram() {
+            let ram = GuestRange::new(RAM_BASE, 8 * MIB);
+            let mem = memory(ram);
+            let err =
+                load_kernel(&mem, ram, &mut Cursor::new(image(0, 8 * MIB + 1, 10))).unwrap_err();
+            assert!(
+                matches!(err, ImageError::ImageLargerThanRam { base: RAM_BASE, size, .. } if size == 8 * MIB + 1),
+                "{err:?}"
+            );
+            // text_offset counts too.
+            let err =
+                load_kernel(&mem, ram, &mut Cursor::new(image(MIB, 7 * MIB + 1, 10))).unwrap_err();
+            assert!(
+                matches!(err, ImageError::ImageLargerThanRam { .. }),
+                "{err:?}"
+            );
+            // Exactly fitting is fine.
+            assert!(load_kernel(&mem, ram, &mut Cursor::new(image(MIB, 7 * MIB, 10))).is_ok());
+            // A hostile text_offset cannot wrap around.
+            let err = load_kernel(&mem, ram, &mut Cursor::new(image(u64::MAX - 10, MIB, 10)))
+                .unwrap_err();
+            assert!(
+                matches!(err, ImageError::ImageLargerThanRam { .. }),
+                "{err:?}"
+            );
+        }
+
+        #[test]
+        fn file_longer_than_image_size() {
+            let ram = GuestRange::new(RAM_BASE, 8 * MIB);
+            let mem = memory(ram);
+            let err = load_kernel(&mem, ram, &mut Cursor::new(image(0, 128, 65))).unwrap_err();
+            assert!(
+                matches!(err, ImageError::FileLongerThanImageSize(128)),
+                "{err:?}"
+            );
+            assert!(load_kernel(&mem, ram, &mut Cursor::new(image(0, 128, 64))).is_ok());
+        }
+
+        #[test]
+        fn header_field_checks() {
+            let ram = GuestRange::new(RAM_BASE, 8 * MIB);
+            let mem = memory(ram);
+            let be = header(0, MIB, 1);
+            let err = load_kernel(&mem, ram, &mut Cursor::new(be)).unwrap_err();
+            assert!(matches!(err, ImageError::BigEndian), "{err:?}");
+            let err = load_kernel(&mem, ram, &mut Cursor::new(header(0x8_0000, 0, 0))).unwrap_err();
+            assert!(matches!(err, ImageError::UnknownImageSize), "{err:?}");
+            let err = load_kernel(&mem, ram, &mut Cursor::new(header(0, 63, 0))).unwrap_err();
+            assert!(
+                matches!(err, ImageError::ImageSizeBelowHeader(63)),
+                "{err:?}"
+            );
+        }
+
+        #[test]
+        fn ram_not_backed_by_memory() {
+            let mem = memory(GuestRange::new(RAM_BASE, 8 * MIB));
+            let ram = GuestRange::new(RAM_BASE + 16 * MIB, 8 * MIB);
+            let err = load_kernel(&mem, ram, &mut Cursor::new(image(0, MIB, 10))).unwrap_err();
+            assert!(
+                matches!(err, ImageError::Load(addr, _) if addr == RAM_BASE + 16 * MIB),
+                "{err:?}"
+            );
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Cursor, Write};
-
-    use flate2::Compression;
-    use flate2::write::GzEncoder;
-    use vm_memory::GuestMemoryMmap;
-
     use super::*;
 
     const RAM_BASE: u64 = 0x4000_0000;
-
-    fn memory(ram: GuestRange) -> GuestMemoryMmap<()> {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(ram.base), ram.size as usize)])
-            .expect("test guest memory")
-    }
-
-    fn header(text_offset: u64, image_size: u64, flags: u64) -> Vec<u8> {
-        let mut h = vec![0u8; HEADER_SIZE];
-        // code0: `b #0x40` style branch, code1: 0; any bytes do, the loader does not run them.
-        h[0..4].copy_from_slice(&0x1400_0010u32.to_le_bytes());
-        h[8..16].copy_from_slice(&text_offset.to_le_bytes());
-        h[16..24].copy_from_slice(&image_size.to_le_bytes());
-        h[24..32].copy_from_slice(&flags.to_le_bytes());
-        h[56..60].copy_from_slice(b"ARM\x64");
-        h
-    }
-
-    /// A 64-byte header followed by `payload_len` bytes of a recognisable pattern.
-    fn image(text_offset: u64, image_size: u64, payload_len: usize) -> Vec<u8> {
-        let mut img = header(text_offset, image_size, 0b1010);
-        img.extend((0..payload_len).map(|i| (i * 7 + 3) as u8));
-        img
-    }
-
-    fn gzip(bytes: &[u8]) -> Vec<u8> {
-        let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
-        enc.write_all(bytes).unwrap();
-        enc.finish().unwrap()
-    }
-
-    fn guest_bytes(mem: &GuestMemoryMmap<()>, addr: u64, len: usize) -> Vec<u8> {
-        let mut buf = vec![0u8; len];
-        mem.read_slice(&mut buf, GuestAddress(addr)).unwrap();
-        buf
-    }
-
-    #[test]
-    fn header_parses_fields() {
-        let mut bytes = [0u8; HEADER_SIZE];
-        bytes.copy_from_slice(&header(0x8_0000, 0x1234_5000, 0b1010));
-        let h = ImageHeader::parse(&bytes).unwrap();
-        assert_eq!(h.code0, 0x1400_0010);
-        assert_eq!(h.code1, 0);
-        assert_eq!(h.text_offset, 0x8_0000);
-        assert_eq!(h.image_size, 0x1234_5000);
-        assert!(!h.flags.big_endian());
-        assert_eq!(h.flags.page_size(), Some(4 * KIB));
-        assert_eq!(ImageFlags(0b110).page_size(), Some(64 * KIB));
-        assert_eq!(ImageFlags(0).page_size(), None);
-    }
-
-    #[test]
-    fn raw_image_lands_at_ram_base_plus_text_offset() {
-        let ram = GuestRange::new(RAM_BASE, 64 * MIB);
-        let mem = memory(ram);
-        // Longer than one copy chunk, so the chunked copy is exercised.
-        let img = image(0x8_0000, 4 * MIB, COPY_CHUNK + 4321);
-        let load = load_kernel(&mem, ram, &mut Cursor::new(&img)).unwrap();
-        assert_eq!(load.entry, RAM_BASE + 0x8_0000);
-        assert_eq!(load.range, GuestRange::new(RAM_BASE + 0x8_0000, 4 * MIB));
-        assert_eq!(guest_bytes(&mem, load.entry, img.len()), img);
-        // Nothing spilled before the load address or after the file.
-        assert_eq!(guest_bytes(&mem, load.entry - 16, 16), vec![0; 16]);
-        assert_eq!(
-            guest_bytes(&mem, load.entry + img.len() as u64, 16),
-            vec![0; 16]
-        );
-    }
-
-    #[test]
-    fn unaligned_ram_start_rounds_up_to_2mib() {
-        let ram = GuestRange::new(RAM_BASE + 0x1000, 16 * MIB);
-        let mem = memory(ram);
-        let img = image(0, MIB, 100);
-        let load = load_kernel(&mem, ram, &mut Cursor::new(&img)).unwrap();
-        assert_eq!(load.entry, RAM_BASE + 2 * MIB);
-        assert_eq!(guest_bytes(&mem, load.entry, img.len()), img);
-    }
-
-    #[test]
-    fn gzip_image_is_decompressed() {
-        let ram = GuestRange::new(RAM_BASE, 32 * MIB);
-        let mem = memory(ram);
-        let img = image(0, 8 * MIB, 3 * COPY_CHUNK + 17);
-        let load = load_kernel(&mem, ram, &mut Cursor::new(gzip(&img))).unwrap();
-        assert_eq!(load.entry, RAM_BASE);
-        assert_eq!(load.range, GuestRange::new(RAM_BASE, 8 * MIB));
-        assert_eq!(guest_bytes(&mem, RAM_BASE, img.len()), img);
-    }
-
-    #[test]
-    fn raw_image_starting_like_gzip_is_raw() {
-        let ram = GuestRange::new(RAM_BASE, 8 * MIB);
-        let mem = memory(ram);
-        let mut img = image(0, MIB, 100);
-        // `b` with imm26 0x8b1f encodes as 1f 8b 00 14.
-        img[0..4].copy_from_slice(&[0x1f, 0x8b, 0x00, 0x14]);
-        let load = load_kernel(&mem, ram, &mut Cursor::new(&img)).unwrap();
-        assert_eq!(guest_bytes(&mem, load.entry, img.len()), img);
-    }
-
-    #[test]
-    fn reader_position_does_not_matter() {
-        let ram = GuestRange::new(RAM_BASE, 8 * MIB);
-        let mem = memory(ram);
-        let img = image(0, MIB, 10);
-        let mut file = Cursor::new(&img);
-        file.set_position(30);
-        let load = load_kernel(&mem, ram, &mut file).unwrap();
-        assert_eq!(guest_bytes(&mem, load.entry, img.len()), img);
-    }
-
-    #[test]
-    fn bad_magic_is_named() {
-        let ram = GuestRange::new(RAM_BASE, 8 * MIB);
-        let mem = memory(ram);
-        let mut img = image(0, MIB, 10);
-        img[56..60].copy_from_slice(b"RISC");
-        let err = load_kernel(&mem, ram, &mut Cursor::new(&img)).unwrap_err();
-        assert!(matches!(err, ImageError::BadMagic(0x4353_4952)), "{err:?}");
-        // The same through gzip.
-        let err = load_kernel(&mem, ram, &mut Cursor::new(gzip(&img))).unwrap_err();
-        assert!(matches!(err, ImageError::BadMagic(_)), "{err:?}");
-        assert!(err.to_string().contains("0x43534952"), "{err}");
-    }
-
-    #[test]
-    fn truncated_files() {
-        let ram = GuestRange::new(RAM_BASE, 8 * MIB);
-        let mem = memory(ram);
-        let img = image(0, MIB, 0);
-        for len in [0, 1, 2, 40, 63] {
-            let err = load_kernel(&mem, ram, &mut Cursor::new(&img[..len])).unwrap_err();
-            assert!(
-                matches!(err, ImageError::TruncatedHeader(n) if n == len),
-                "{err:?}"
-            );
-        }
-        let err = load_kernel(&mem, ram, &mut Cursor::new(gzip(&img[..40]))).unwrap_err();
-        assert!(matches!(err, ImageError::TruncatedHeader(40)), "{err:?}");
-        // A header alone is a complete (if useless) Image.
-        assert!(load_kernel(&mem, ram, &mut Cursor::new(&img)).is_ok());
-    }
-
-    #[test]
-    fn truncated_gzip_stream_is_a_decompression_error() {
-        let ram = GuestRange::new(RAM_BASE, 8 * MIB);
-        let mem = memory(ram);
-        let gz = gzip(&image(0, MIB, 100_000));
-        let err = load_kernel(&mem, ram, &mut Cursor::new(&gz[..gz.len() / 2])).unwrap_err();
-        assert!(matches!(err, ImageError::Decompress(_)), "{err:?}");
-    }
-
-    /// A gzip Image that decompresses to exactly `len` bytes: a header, then zeros.
-    fn zeros_gz(image_size: u64, len: u64) -> Vec<u8> {
-        let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
-        enc.write_all(&header(0, image_size, 0)).unwrap();
-        let zeros = vec![0u8; MIB as usize];
-        let mut left = len - HEADER_SIZE as u64;
-        while left > 0 {
-            let n = left.min(MIB);
-            enc.write_all(&zeros[..n as usize]).unwrap();
-            left -= n;
-        }
-        enc.finish().unwrap()
-    }
-
-    #[test]
-    fn zip_bomb_stops_at_the_cap() {
-        // The header claims more than the cap and RAM holds it: only the cap stops the stream.
-        let ram = GuestRange::new(RAM_BASE, 256 * MIB);
-        let mem = memory(ram);
-        let bomb = zeros_gz(200 * MIB, MAX_DECOMPRESSED_SIZE + 1);
-        assert!(bomb.len() < MIB as usize);
-        let err = load_kernel(&mem, ram, &mut Cursor::new(bomb)).unwrap_err();
-        assert!(matches!(err, ImageError::DecompressedTooLarge), "{err:?}");
-        // Exactly the cap is still a kernel.
-        let at_cap = zeros_gz(200 * MIB, MAX_DECOMPRESSED_SIZE);
-        let load = load_kernel(&mem, ram, &mut Cursor::new(at_cap)).unwrap();
-        assert_eq!(load.range, GuestRange::new(RAM_BASE, 200 * MIB));
-    }
-
-    #[test]
-    fn image_larger_than_ram() {
-        let ram = GuestRange::new(RAM_BASE, 8 * MIB);
-        let mem = memory(ram);
-        let err = load_kernel(&mem, ram, &mut Cursor::new(image(0, 8 * MIB + 1, 10))).unwrap_err();
-        assert!(
-            matches!(err, ImageError::ImageLargerThanRam { base: RAM_BASE, size, .. } if size == 8 * MIB + 1),
-            "{err:?}"
-        );
-        // text_offset counts too.
-        let err =
-            load_kernel(&mem, ram, &mut Cursor::new(image(MIB, 7 * MIB + 1, 10))).unwrap_err();
-        assert!(
-            matches!(err, ImageError::ImageLargerThanRam { .. }),
-            "{err:?}"
-        );
-        // Exactly fitting is fine.
-        assert!(load_kernel(&mem, ram, &mut Cursor::new(image(MIB, 7 * MIB, 10))).is_ok());
-        // A hostile text_offset cannot wrap around.
-        let err =
-            load_kernel(&mem, ram, &mut Cursor::new(image(u64::MAX - 10, MIB, 10))).unwrap_err();
-        assert!(
-            matches!(err, ImageError::ImageLargerThanRam { .. }),
-            "{err:?}"
-        );
-    }
-
-    #[test]
-    fn file_longer_than_image_size() {
-        let ram = GuestRange::new(RAM_BASE, 8 * MIB);
-        let mem = memory(ram);
-        let err = load_kernel(&mem, ram, &mut Cursor::new(image(0, 128, 65))).unwrap_err();
-        assert!(
-            matches!(err, ImageError::FileLongerThanImageSize(128)),
-            "{err:?}"
-        );
-        assert!(load_kernel(&mem, ram, &mut Cursor::new(image(0, 128, 64))).is_ok());
-    }
-
-    #[test]
-    fn header_field_checks() {
-        let ram = GuestRange::new(RAM_BASE, 8 * MIB);
-        let mem = memory(ram);
-        let be = header(0, MIB, 1);
-        let err = load_kernel(&mem, ram, &mut Cursor::new(be)).unwrap_err();
-        assert!(matches!(err, ImageError::BigEndian), "{err:?}");
-        let err = load_kernel(&mem, ram, &mut Cursor::new(header(0x8_0000, 0, 0))).unwrap_err();
-        assert!(matches!(err, ImageError::UnknownImageSize), "{err:?}");
-        let err = load_kernel(&mem, ram, &mut Cursor::new(header(0, 63, 0))).unwrap_err();
-        assert!(
-            matches!(err, ImageError::ImageSizeBelowHeader(63)),
-            "{err:?}"
-        );
-    }
-
-    #[test]
-    fn ram_not_backed_by_memory() {
-        let mem = memory(GuestRange::new(RAM_BASE, 8 * MIB));
-        let ram = GuestRange::new(RAM_BASE + 16 * MIB, 8 * MIB);
-        let err = load_kernel(&mem, ram, &mut Cursor::new(image(0, MIB, 10))).unwrap_err();
-        assert!(
-            matches!(err, ImageError::GuestMemory(addr, _) if addr == RAM_BASE + 16 * MIB),
-            "{err:?}"
-        );
-    }
 
     fn kernel_at(base: u64, size: u64) -> KernelLoad {
         KernelLoad {
@@ -819,5 +819,23 @@ mod tests {
         let huge = kernel_at(RAM_BASE, 33 * GIB);
         let err = boot_layout(ram, &huge, Some(MIB)).unwrap_err();
         assert!(matches!(err, ImageError::InitrdWindow { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn cmdline_fits_the_kernel_buffer() {
+        let fits = "x".repeat(CMDLINE_CAPACITY - 1);
+        let cmdline = kernel_cmdline(&fits).unwrap();
+        assert_eq!(cmdline.as_cstring().unwrap().as_bytes(), fits.as_bytes());
+
+        let long = "x".repeat(CMDLINE_CAPACITY);
+        let err = kernel_cmdline(&long).unwrap_err();
+        assert!(
+            matches!(err, ImageError::CmdlineTooLong { len } if len == CMDLINE_CAPACITY),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("at most 2047"), "{err}");
+
+        let err = kernel_cmdline("console=ttyAMA0\0init=/bin/sh").unwrap_err();
+        assert!(matches!(err, ImageError::CmdlineNul), "{err:?}");
     }
 }

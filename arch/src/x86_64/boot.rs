@@ -1,47 +1,21 @@
-//! Loading an x86_64 Linux bzImage and writing its zero page for the 64-bit boot protocol
-//! (Documentation/arch/x86/boot.rst in the Linux tree).
+//! x86_64 boot for the 64-bit Linux boot protocol (Documentation/arch/x86/boot.rst in the Linux
+//! tree): the guest's e820 map, and loading a bzImage and writing its zero page and command line.
 //!
-//! The setup header and zero page layouts are declared here rather than taken from linux-loader,
-//! whose `bootparam` module and bzImage loader are compiled only on x86 hosts: plans for an x86_64
-//! guest are built and checked on every host. On x86_64 hosts a test checks that both layouts
-//! agree byte for byte.
+//! The bzImage, the zero page (`boot_params`) and the command line go through linux-loader, whose
+//! bzImage loader and `bootparam` types exist only on x86 hosts: that part is gated on the host,
+//! as a kernel is only ever loaded for the host's own architecture. The e820 map is part of the
+//! plan, checked on every host.
 
-use std::io::{self, Read, Seek, SeekFrom};
-use std::mem::{offset_of, size_of};
+use std::io;
 
 use thiserror::Error;
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemory, GuestMemoryError, Permissions};
+use vm_memory::GuestMemoryError;
 
 use crate::platform::{GuestRange, Platform};
 use crate::x86_64::layout;
 
-/// Where the setup header starts in a bzImage file and in the zero page.
-const SETUP_HEADER_OFFSET: usize = 0x1f1;
-/// One past the last byte of the setup header as of boot protocol 2.15.
-const SETUP_HEADER_END: usize = 0x26c;
-/// "HdrS", at offset 0x202.
-const HDRS_MAGIC: u32 = 0x5372_6448;
-const BOOT_FLAG: u16 = 0xaa55;
-/// Protocol 2.12 introduced `xloadflags`, which carries `XLF_KERNEL_64`.
-const MIN_PROTOCOL: u16 = 0x020c;
-/// The 64-bit entry point is `startup_32 + 0x200`, `startup_32` being the load address.
-const ENTRY_64_OFFSET: u64 = 0x200;
-const SECTOR: u64 = 512;
-/// `setup_sects == 0` means 4, for compatibility with ancient kernels.
-const DEFAULT_SETUP_SECTS: u8 = 4;
-const PAGE_SIZE: u64 = 0x1000;
-
-/// `loadflags` bits.
-pub const LOADED_HIGH: u8 = 1 << 0;
-pub const CAN_USE_HEAP: u8 = 1 << 7;
-/// `xloadflags` bit: the kernel has the 64-bit entry point at `startup_32 + 0x200`.
-pub const XLF_KERNEL_64: u16 = 1 << 0;
-/// `type_of_loader` for a boot loader without an assigned ID.
-pub const LOADER_TYPE_UNDEFINED: u8 = 0xff;
-/// The end of the setup heap, as an offset from the real-mode code minus 0x200. The real-mode
-/// code does not run under the 64-bit protocol; this is the conventional value for setup code at
-/// 0x1_0000 with its heap ending at the command line (0x2_0000).
-pub const HEAP_END_PTR: u16 = 0xfe00;
+#[cfg(target_arch = "x86_64")]
+pub use bzimage::{KernelLoad, load_initrd, load_kernel, write_boot_params};
 
 /// e820 entry types (ACPI "address range types").
 pub const E820_RAM: u32 = 1;
@@ -50,71 +24,8 @@ pub const E820_ACPI: u32 = 3;
 /// Entries the zero page holds.
 pub const E820_MAX_ENTRIES: usize = 128;
 
-const _: () = assert!(
-    cfg!(target_endian = "little"),
-    "the zero page is little-endian"
-);
-const _: () = assert!(size_of::<SetupHeader>() == SETUP_HEADER_END - SETUP_HEADER_OFFSET);
-const _: () = assert!(size_of::<E820Entry>() == 20);
-const _: () = assert!(size_of::<BootParams>() == 0x1000);
-const _: () = assert!(offset_of!(BootParams, acpi_rsdp_addr) == 0x070);
-const _: () = assert!(offset_of!(BootParams, ext_ramdisk_image) == 0x0c0);
-const _: () = assert!(offset_of!(BootParams, e820_entries) == 0x1e8);
-const _: () = assert!(offset_of!(BootParams, hdr) == SETUP_HEADER_OFFSET);
-const _: () = assert!(offset_of!(BootParams, e820_table) == 0x2d0);
-const _: () = assert!(layout::CMDLINE + layout::CMDLINE_MAX <= 1 << 32);
-
-/// The bzImage setup header (boot protocol 2.15), at 0x1f1 in the file and in the zero page.
-/// Field names are the kernel's.
-#[repr(C, packed)]
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct SetupHeader {
-    pub setup_sects: u8,
-    pub root_flags: u16,
-    pub syssize: u32,
-    pub ram_size: u16,
-    pub vid_mode: u16,
-    pub root_dev: u16,
-    pub boot_flag: u16,
-    pub jump: u16,
-    pub header: u32,
-    pub version: u16,
-    pub realmode_swtch: u32,
-    pub start_sys_seg: u16,
-    pub kernel_version: u16,
-    pub type_of_loader: u8,
-    pub loadflags: u8,
-    pub setup_move_size: u16,
-    pub code32_start: u32,
-    pub ramdisk_image: u32,
-    pub ramdisk_size: u32,
-    pub bootsect_kludge: u32,
-    pub heap_end_ptr: u16,
-    pub ext_loader_ver: u8,
-    pub ext_loader_type: u8,
-    pub cmd_line_ptr: u32,
-    pub initrd_addr_max: u32,
-    pub kernel_alignment: u32,
-    pub relocatable_kernel: u8,
-    pub min_alignment: u8,
-    pub xloadflags: u16,
-    pub cmdline_size: u32,
-    pub hardware_subarch: u32,
-    pub hardware_subarch_data: u64,
-    pub payload_offset: u32,
-    pub payload_length: u32,
-    pub setup_data: u64,
-    pub pref_address: u64,
-    pub init_size: u32,
-    pub handover_offset: u32,
-    pub kernel_info_offset: u32,
-}
-
-// SAFETY: `repr(C, packed)` with only integer fields: no padding, and every bit pattern is valid.
-unsafe impl ByteValued for SetupHeader {}
-
-/// One e820 memory map entry (`struct boot_e820_entry`).
-#[repr(C, packed)]
+/// One e820 memory map entry. Plan data, so it exists on every host; linux-loader's
+/// `boot_e820_entry` is its zero-page form.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct E820Entry {
     pub addr: u64,
@@ -122,9 +33,6 @@ pub struct E820Entry {
     /// One of the `E820_*` types.
     pub kind: u32,
 }
-
-// SAFETY: `repr(C, packed)` with only integer fields: no padding, and every bit pattern is valid.
-unsafe impl ByteValued for E820Entry {}
 
 impl E820Entry {
     pub const fn new(range: GuestRange, kind: u32) -> Self {
@@ -138,78 +46,6 @@ impl E820Entry {
     pub const fn range(&self) -> GuestRange {
         GuestRange::new(self.addr, self.size)
     }
-}
-
-/// The zero page (`struct boot_params`), with only the fields microvmm writes named; every other
-/// byte stays zero, which also keeps `sentinel` (0x1ef) clear.
-#[repr(C, packed)]
-#[derive(Clone, Copy)]
-pub struct BootParams {
-    _screen_to_ist: [u8; 0x070],
-    pub acpi_rsdp_addr: u64,
-    _pad_to_ext_ramdisk: [u8; 0x0c0 - 0x078],
-    pub ext_ramdisk_image: u32,
-    pub ext_ramdisk_size: u32,
-    pub ext_cmd_line_ptr: u32,
-    _pad_to_e820_entries: [u8; 0x1e8 - 0x0cc],
-    pub e820_entries: u8,
-    _pad_to_hdr: [u8; SETUP_HEADER_OFFSET - 0x1e9],
-    pub hdr: SetupHeader,
-    _pad_to_e820_table: [u8; 0x2d0 - SETUP_HEADER_END],
-    pub e820_table: [E820Entry; E820_MAX_ENTRIES],
-    _pad_to_end: [u8; 0x1000 - 0xcd0],
-}
-
-// SAFETY: `repr(C, packed)` of integers and arrays of integer-only packed structs: no padding,
-// and every bit pattern is valid.
-unsafe impl ByteValued for BootParams {}
-
-impl Default for BootParams {
-    fn default() -> Self {
-        BootParams {
-            _screen_to_ist: [0; 0x070],
-            acpi_rsdp_addr: 0,
-            _pad_to_ext_ramdisk: [0; 0x0c0 - 0x078],
-            ext_ramdisk_image: 0,
-            ext_ramdisk_size: 0,
-            ext_cmd_line_ptr: 0,
-            _pad_to_e820_entries: [0; 0x1e8 - 0x0cc],
-            e820_entries: 0,
-            _pad_to_hdr: [0; SETUP_HEADER_OFFSET - 0x1e9],
-            hdr: SetupHeader::default(),
-            _pad_to_e820_table: [0; 0x2d0 - SETUP_HEADER_END],
-            e820_table: [E820Entry::default(); E820_MAX_ENTRIES],
-            _pad_to_end: [0; 0x1000 - 0xcd0],
-        }
-    }
-}
-
-impl std::fmt::Debug for BootParams {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let entries = usize::from(self.e820_entries).min(E820_MAX_ENTRIES);
-        let e820 = self.e820_table;
-        f.debug_struct("BootParams")
-            .field("acpi_rsdp_addr", &{ self.acpi_rsdp_addr })
-            .field("ext_ramdisk_image", &{ self.ext_ramdisk_image })
-            .field("ext_ramdisk_size", &{ self.ext_ramdisk_size })
-            .field("ext_cmd_line_ptr", &{ self.ext_cmd_line_ptr })
-            .field("hdr", &{ self.hdr })
-            .field("e820_table", &&e820[..entries])
-            .finish()
-    }
-}
-
-/// A bzImage loaded into guest memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KernelLoad {
-    /// The 64-bit entry point.
-    pub entry: u64,
-    /// The setup header read from the image, with `code32_start` set to the load address and
-    /// bytes past the image's own header length cleared.
-    pub setup_header: SetupHeader,
-    /// Guest memory the kernel owns until it runs: the loaded image and the area it decompresses
-    /// into (`init_size` bytes from its run address). Nothing else may be placed here.
-    pub range: GuestRange,
 }
 
 #[derive(Debug, Error)]
@@ -233,6 +69,8 @@ pub enum BootError {
     KernelRunsTooLow(u64),
     #[error("kernel needs guest RAM from {:#x} to {:#x}", .range.base, .range.end())]
     KernelDoesNotFit { range: GuestRange },
+    #[error("cannot load the bzImage into guest memory")]
+    LoadKernel(#[source] linux_loader::loader::Error),
     #[error("initrd is empty")]
     EmptyInitrd,
     #[error("kernel at {0:#x} is not in guest RAM")]
@@ -243,6 +81,18 @@ pub enum BootError {
     CmdlineNul,
     #[error("kernel command line is {len} bytes, at most {max} allowed")]
     CmdlineTooLong { len: usize, max: u64 },
+    #[error("kernel command line is invalid")]
+    Cmdline(#[source] linux_loader::cmdline::Error),
+    #[error(
+        "cannot write the kernel command line to guest memory at {:#x}",
+        layout::CMDLINE
+    )]
+    WriteCmdline(#[source] linux_loader::loader::Error),
+    #[error(
+        "cannot write the zero page to guest memory at {:#x}",
+        layout::ZERO_PAGE
+    )]
+    WriteZeroPage(#[source] linux_loader::configurator::Error),
     #[error(
         "e820 ranges {:#x}..{:#x} and {:#x}..{:#x} overlap",
         .a.base, .a.end(), .b.base, .b.end()
@@ -263,257 +113,6 @@ pub enum BootError {
     VcpuCount(u32),
     #[error("CPUID table of {0} entries exceeds KVM's limit")]
     CpuidEntries(usize),
-}
-
-/// Loads the bzImage in `kernel` at [`layout::HIMEM_START`].
-pub fn load_kernel<M: GuestMemory>(
-    mem: &M,
-    kernel: &mut (impl Read + Seek),
-) -> Result<KernelLoad, BootError> {
-    let read_err = |source| BootError::Read {
-        what: "kernel image",
-        source,
-    };
-    let file_size = kernel.seek(SeekFrom::End(0)).map_err(read_err)?;
-    let mut hdr = read_setup_header(kernel)?;
-
-    if hdr.boot_flag != BOOT_FLAG {
-        return Err(BootError::NotBzImage("no 0xaa55 boot flag at 0x1fe"));
-    }
-    if hdr.header != HDRS_MAGIC {
-        return Err(BootError::NotBzImage("no \"HdrS\" magic at 0x202"));
-    }
-    if hdr.version < MIN_PROTOCOL || hdr.xloadflags & XLF_KERNEL_64 == 0 {
-        return Err(BootError::No64BitEntry {
-            version: hdr.version,
-        });
-    }
-    if hdr.loadflags & LOADED_HIGH == 0 {
-        return Err(BootError::NotBzImage(
-            "LOADED_HIGH is clear (a zImage loads at 0x10000)",
-        ));
-    }
-
-    let setup_sects = match hdr.setup_sects {
-        0 => DEFAULT_SETUP_SECTS,
-        n => n,
-    };
-    let setup_size = (u64::from(setup_sects) + 1) * SECTOR;
-    let image_size = file_size
-        .checked_sub(setup_size)
-        .filter(|&size| size > 0)
-        .ok_or(BootError::NotBzImage(
-            "file ends inside its real-mode setup code",
-        ))?;
-
-    let range = kernel_footprint(&hdr, image_size)?;
-    let backed = usize::try_from(range.size)
-        .is_ok_and(|len| mem.check_range(GuestAddress(range.base), len, Permissions::Write));
-    if !backed {
-        return Err(BootError::KernelDoesNotFit { range });
-    }
-
-    kernel.seek(SeekFrom::Start(setup_size)).map_err(read_err)?;
-    copy_to_guest(mem, kernel, layout::HIMEM_START, image_size, "kernel image")?;
-
-    // The header is handed on to the zero page: record where the protected-mode code really is.
-    hdr.code32_start = layout::HIMEM_START as u32;
-    Ok(KernelLoad {
-        entry: layout::HIMEM_START + ENTRY_64_OFFSET,
-        setup_header: hdr,
-        range,
-    })
-}
-
-/// Reads the setup header, keeping only as many bytes as the image says its header has (0x202
-/// plus the jump offset at 0x201): older headers are shorter, and code follows them. The magic
-/// and version, which every header has, are always kept.
-fn read_setup_header(kernel: &mut (impl Read + Seek)) -> Result<SetupHeader, BootError> {
-    let mut bytes = [0u8; SETUP_HEADER_END];
-    kernel
-        .seek(SeekFrom::Start(0))
-        .and_then(|_| kernel.read_exact(&mut bytes))
-        .map_err(|source| match source.kind() {
-            io::ErrorKind::UnexpectedEof => {
-                BootError::NotBzImage("file is shorter than a setup header")
-            }
-            _ => BootError::Read {
-                what: "kernel image",
-                source,
-            },
-        })?;
-    let header_end = (0x202 + usize::from(bytes[0x201])).clamp(0x208, SETUP_HEADER_END);
-    bytes[header_end..].fill(0);
-    let mut hdr = SetupHeader::default();
-    hdr.as_mut_slice()
-        .copy_from_slice(&bytes[SETUP_HEADER_OFFSET..]);
-    Ok(hdr)
-}
-
-/// The memory the kernel needs from its load address at [`layout::HIMEM_START`]: the image, and
-/// the `init_size` bytes the decompressor works in. A relocatable kernel runs at its load address
-/// rounded up to `kernel_alignment`, but never below `pref_address`; any other kernel runs at
-/// `pref_address` (arch/x86/boot/compressed/head_64.S).
-fn kernel_footprint(hdr: &SetupHeader, image_size: u64) -> Result<GuestRange, BootError> {
-    let load = layout::HIMEM_START;
-    let run_base = if hdr.relocatable_kernel != 0 {
-        let align = hdr.kernel_alignment;
-        if !align.is_power_of_two() {
-            return Err(BootError::KernelAlignment(align));
-        }
-        load.next_multiple_of(u64::from(align))
-            .max(hdr.pref_address)
-    } else if hdr.pref_address < load {
-        return Err(BootError::KernelRunsTooLow(hdr.pref_address));
-    } else {
-        hdr.pref_address
-    };
-    let too_big = BootError::KernelDoesNotFit {
-        range: GuestRange::new(run_base, u64::from(hdr.init_size)),
-    };
-    let end = run_base
-        .checked_add(u64::from(hdr.init_size))
-        .ok_or(too_big)?
-        .max(load.saturating_add(image_size));
-    Ok(GuestRange::new(load, end - load))
-}
-
-/// Loads `size` bytes of initrd from the start of `initrd`, page-aligned and as high as possible
-/// below both the kernel's `initrd_addr_max` and the end of the low RAM region (the one holding
-/// the kernel, below the MMIO hole), and above everything the kernel owns.
-pub fn load_initrd<M: GuestMemory>(
-    mem: &M,
-    platform_ram: &[GuestRange],
-    kernel: &KernelLoad,
-    initrd: &mut (impl Read + Seek),
-    size: u64,
-) -> Result<GuestRange, BootError> {
-    if size == 0 {
-        return Err(BootError::EmptyInitrd);
-    }
-    let low_ram = platform_ram
-        .iter()
-        .find(|r| r.contains(kernel.range.base))
-        .ok_or(BootError::KernelOutsideRam(kernel.range.base))?;
-    // `initrd_addr_max` is the highest address the initrd may occupy, inclusive.
-    let ceiling = (u64::from(kernel.setup_header.initrd_addr_max) + 1).min(low_ram.end());
-    let floor = kernel.range.end().next_multiple_of(PAGE_SIZE);
-    let base = ceiling
-        .checked_sub(size)
-        .map(|top| top & !(PAGE_SIZE - 1))
-        .filter(|&base| base >= floor)
-        .ok_or(BootError::InitrdDoesNotFit {
-            size,
-            floor,
-            ceiling,
-        })?;
-
-    initrd
-        .seek(SeekFrom::Start(0))
-        .map_err(|source| BootError::Read {
-            what: "initrd",
-            source,
-        })?;
-    copy_to_guest(mem, initrd, base, size, "initrd")?;
-    Ok(GuestRange::new(base, size))
-}
-
-/// Copies `len` bytes from `src` to guest memory at `addr`, a bounded chunk at a time.
-fn copy_to_guest<M: GuestMemory>(
-    mem: &M,
-    src: &mut impl Read,
-    addr: u64,
-    len: u64,
-    what: &'static str,
-) -> Result<(), BootError> {
-    const CHUNK: usize = 1 << 16;
-    let mut buf = vec![0u8; CHUNK];
-    let mut done = 0u64;
-    while done < len {
-        let n = usize::try_from(len - done).map_or(CHUNK, |left| left.min(CHUNK));
-        src.read_exact(&mut buf[..n])
-            .map_err(|source| BootError::Read { what, source })?;
-        let at = addr + done;
-        mem.write_slice(&buf[..n], GuestAddress(at))
-            .map_err(|source| BootError::GuestWrite {
-                what,
-                addr: at,
-                source,
-            })?;
-        done += n as u64;
-    }
-    Ok(())
-}
-
-/// Writes the zero page at [`layout::ZERO_PAGE`] and the command line at [`layout::CMDLINE`].
-/// `rsdp` is the ACPI RSDP's address (0: the kernel scans for it).
-pub fn write_boot_params<M: GuestMemory>(
-    mem: &M,
-    platform: &Platform,
-    kernel: &KernelLoad,
-    rsdp: u64,
-) -> Result<(), BootError> {
-    let mut params = BootParams::default();
-    let mut hdr = kernel.setup_header;
-    hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
-    hdr.loadflags |= CAN_USE_HEAP;
-    hdr.heap_end_ptr = HEAP_END_PTR;
-
-    write_cmdline(mem, &platform.cmdline, hdr.cmdline_size)?;
-    hdr.cmd_line_ptr = layout::CMDLINE as u32;
-
-    if let Some(initrd) = platform.initrd {
-        // The low halves go in the header, the high halves in the ext_ fields.
-        hdr.ramdisk_image = initrd.base as u32;
-        hdr.ramdisk_size = initrd.size as u32;
-        params.ext_ramdisk_image = (initrd.base >> 32) as u32;
-        params.ext_ramdisk_size = (initrd.size >> 32) as u32;
-    }
-    params.hdr = hdr;
-    params.acpi_rsdp_addr = rsdp;
-
-    let e820 = e820_map(platform)?;
-    let mut table = [E820Entry::default(); E820_MAX_ENTRIES];
-    table[..e820.len()].copy_from_slice(&e820);
-    params.e820_table = table;
-    // e820_map returns at most E820_MAX_ENTRIES (128) entries.
-    params.e820_entries = e820.len() as u8;
-
-    mem.write_obj(params, GuestAddress(layout::ZERO_PAGE))
-        .map_err(|source| BootError::GuestWrite {
-            what: "zero page",
-            addr: layout::ZERO_PAGE,
-            source,
-        })
-}
-
-/// Writes `cmdline` NUL-terminated at [`layout::CMDLINE`]; `cmdline_size` is the kernel's limit,
-/// not counting the NUL.
-fn write_cmdline<M: GuestMemory>(
-    mem: &M,
-    cmdline: &str,
-    cmdline_size: u32,
-) -> Result<(), BootError> {
-    let bytes = cmdline.as_bytes();
-    if bytes.contains(&0) {
-        return Err(BootError::CmdlineNul);
-    }
-    let max = u64::from(cmdline_size).min(layout::CMDLINE_MAX - 1);
-    if bytes.len() as u64 > max {
-        return Err(BootError::CmdlineTooLong {
-            len: bytes.len(),
-            max,
-        });
-    }
-    let mut buf = Vec::with_capacity(bytes.len() + 1);
-    buf.extend_from_slice(bytes);
-    buf.push(0);
-    mem.write_slice(&buf, GuestAddress(layout::CMDLINE))
-        .map_err(|source| BootError::GuestWrite {
-            what: "kernel command line",
-            addr: layout::CMDLINE,
-            source,
-        })
 }
 
 /// The guest's e820 map, sorted and without overlaps:
@@ -585,544 +184,830 @@ fn clip(range: GuestRange, start: u64, end: u64) -> Option<GuestRange> {
     (base < top).then(|| GuestRange::new(base, top - base))
 }
 
-#[cfg(test)]
-mod tests {
-    use std::io::Cursor;
+/// Loading the kernel and writing its boot parameters, with linux-loader's x86-only types.
+#[cfg(target_arch = "x86_64")]
+mod bzimage {
+    use std::io::{self, Read, Seek, SeekFrom};
 
-    use super::*;
-    use crate::platform::{
-        FirmwareInterface, GuestArch, InterruptController, PowerControl, RegisterSpace, SerialPort,
+    use linux_loader::cmdline::{Cmdline, Error as CmdlineError};
+    use linux_loader::configurator::{BootConfigurator, BootParams, linux::LinuxBootConfigurator};
+    use linux_loader::loader::bootparam::{
+        CAN_USE_HEAP, E820_MAX_ENTRIES_ZEROPAGE, LOADED_HIGH, XLF_KERNEL_64, boot_e820_entry,
+        boot_params, setup_header,
+    };
+    use linux_loader::loader::{BzImage, KernelLoader, load_cmdline};
+    use vm_memory::{
+        ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, ReadVolatile,
     };
 
-    type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+    use super::{BootError, E820_MAX_ENTRIES, e820_map};
+    use crate::platform::{GuestRange, Platform};
+    use crate::x86_64::layout;
 
-    const MIB: u64 = 1 << 20;
-    const GIB: u64 = 1 << 30;
-    const PREF_ADDRESS: u64 = 0x100_0000;
-    const INIT_SIZE: u32 = 0x80_0000;
-    const HIGH: u64 = layout::HIGH_RAM_START;
+    const _: () = assert!(E820_MAX_ENTRIES == E820_MAX_ENTRIES_ZEROPAGE);
+    const _: () = assert!(layout::CMDLINE + layout::CMDLINE_MAX <= 1 << 32);
 
-    fn guest_memory(size: u64) -> GuestMemoryMmap {
-        let regions: Vec<_> = layout::ram_regions(size)
-            .iter()
-            .map(|r| (GuestAddress(r.base), r.size as usize))
-            .collect();
-        GuestMemoryMmap::from_ranges(&regions).unwrap()
+    /// Where the setup header starts in a bzImage file and in the zero page.
+    const SETUP_HEADER_OFFSET: u64 = 0x1f1;
+    /// One past the last byte of the setup header as of boot protocol 2.15.
+    const SETUP_HEADER_END: usize = 0x1f1 + std::mem::size_of::<setup_header>();
+    /// "HdrS", at offset 0x202.
+    const HDRS_MAGIC: u32 = 0x5372_6448;
+    const BOOT_FLAG: u16 = 0xaa55;
+    /// Protocol 2.12 introduced `xloadflags`, which carries `XLF_KERNEL_64`.
+    const MIN_PROTOCOL: u16 = 0x020c;
+    /// The 64-bit entry point is `startup_32 + 0x200`, `startup_32` being the load address.
+    const ENTRY_64_OFFSET: u64 = 0x200;
+    const SECTOR: u64 = 512;
+    /// `setup_sects == 0` means 4, for compatibility with ancient kernels.
+    const DEFAULT_SETUP_SECTS: u8 = 4;
+    const PAGE_SIZE: u64 = 0x1000;
+    /// `type_of_loader` for a boot loader without an assigned ID.
+    const LOADER_TYPE_UNDEFINED: u8 = 0xff;
+    /// The end of the setup heap, as an offset from the real-mode code minus 0x200. The real-mode
+    /// code does not run under the 64-bit protocol; this is the conventional value for setup code at
+    /// 0x1_0000 with its heap ending at the command line (0x2_0000).
+    const HEAP_END_PTR: u16 = 0xfe00;
+
+    /// A bzImage loaded into guest memory.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub struct KernelLoad {
+        /// The 64-bit entry point.
+        pub entry: u64,
+        /// The setup header read from the image, with `code32_start` set to the load address and
+        /// bytes past the image's own header length cleared.
+        pub setup_header: setup_header,
+        /// Guest memory the kernel owns until it runs: the loaded image and the area it decompresses
+        /// into (`init_size` bytes from its run address). Nothing else may be placed here.
+        pub range: GuestRange,
     }
 
-    fn platform(memory_size: u64, cmdline: &str, initrd: Option<GuestRange>) -> Platform {
-        Platform {
-            arch: GuestArch::X86_64,
-            firmware: FirmwareInterface::Acpi,
-            vcpus: 1,
-            memory: layout::ram_regions(memory_size),
-            interrupt_controller: InterruptController::X86Apic {
-                lapic: layout::LAPIC,
-                ioapic: layout::IOAPIC,
-                ioapic_pins: layout::IOAPIC_PINS,
-            },
-            timer: None,
-            serial: Some(SerialPort {
-                registers: RegisterSpace::Pio(layout::COM1_PORT),
-                irq: layout::COM1_GSI,
-                clock_hz: layout::UART_CLOCK_HZ,
-            }),
-            power: PowerControl::AcpiPorts {
-                sleep_control: layout::ACPI_SLEEP_CONTROL,
-                sleep_status: layout::ACPI_SLEEP_STATUS,
-                reset: layout::ACPI_RESET,
-                reset_value: layout::ACPI_RESET_VALUE,
-                s5_sleep_type: layout::ACPI_S5_SLEEP_TYPE,
-            },
-            cmdline: cmdline.to_string(),
-            pci_bridges: Vec::new(),
-            smmus: Vec::new(),
-            initrd,
+    /// Loads the bzImage in `kernel` at [`layout::HIMEM_START`] with linux-loader, after the checks
+    /// the crate does not make (boot flag, 64-bit entry point, the footprint fits guest RAM), so a
+    /// kernel that cannot boot here is refused before guest memory is written.
+    pub fn load_kernel<M, F>(mem: &M, kernel: &mut F) -> Result<KernelLoad, BootError>
+    where
+        M: GuestMemoryBackend,
+        F: Read + ReadVolatile + Seek,
+    {
+        let read_err = |source| BootError::Read {
+            what: "kernel image",
+            source,
+        };
+        let file_size = kernel.seek(SeekFrom::End(0)).map_err(read_err)?;
+        let mut hdr = read_setup_header(kernel)?;
+
+        if hdr.boot_flag != BOOT_FLAG {
+            return Err(BootError::NotBzImage("no 0xaa55 boot flag at 0x1fe"));
         }
-    }
-
-    /// A protocol 2.15 header for a relocatable 64-bit kernel.
-    fn header() -> SetupHeader {
-        SetupHeader {
-            setup_sects: 2,
-            boot_flag: BOOT_FLAG,
-            // `jmp short` over the header to 0x26c.
-            jump: 0xeb | (((SETUP_HEADER_END - 0x202) as u16) << 8),
-            header: HDRS_MAGIC,
-            version: 0x020f,
-            loadflags: LOADED_HIGH,
-            code32_start: 0x10_0000,
-            initrd_addr_max: 0x7fff_ffff,
-            kernel_alignment: 0x20_0000,
-            relocatable_kernel: 1,
-            min_alignment: 21,
-            xloadflags: XLF_KERNEL_64,
-            cmdline_size: 2047,
-            pref_address: PREF_ADDRESS,
-            init_size: INIT_SIZE,
-            kernel_info_offset: 0x1234,
-            ..Default::default()
+        if hdr.header != HDRS_MAGIC {
+            return Err(BootError::NotBzImage("no \"HdrS\" magic at 0x202"));
         }
-    }
+        if hdr.version < MIN_PROTOCOL || hdr.xloadflags & XLF_KERNEL_64 == 0 {
+            return Err(BootError::No64BitEntry {
+                version: hdr.version,
+            });
+        }
+        if hdr.loadflags & LOADED_HIGH == 0 {
+            return Err(BootError::NotBzImage(
+                "LOADED_HIGH is clear (a zImage loads at 0x10000)",
+            ));
+        }
 
-    /// A bzImage-shaped file: boot sector and setup sectors with `hdr` at 0x1f1, then `payload`.
-    fn bzimage(hdr: &SetupHeader, payload: &[u8]) -> Vec<u8> {
-        let sects = match hdr.setup_sects {
+        let setup_sects = match hdr.setup_sects {
             0 => DEFAULT_SETUP_SECTS,
             n => n,
         };
-        let mut image = vec![0x90u8; (usize::from(sects) + 1) * 512];
-        image[SETUP_HEADER_OFFSET..SETUP_HEADER_END].copy_from_slice(hdr.as_slice());
-        image.extend_from_slice(payload);
-        image
+        let setup_size = (u64::from(setup_sects) + 1) * SECTOR;
+        let image_size = file_size
+            .checked_sub(setup_size)
+            .filter(|&size| size > 0)
+            .ok_or(BootError::NotBzImage(
+                "file ends inside its real-mode setup code",
+            ))?;
+
+        let range = kernel_footprint(&hdr, image_size)?;
+        let backed = usize::try_from(range.size)
+            .is_ok_and(|len| mem.check_range(GuestAddress(range.base), len));
+        if !backed {
+            return Err(BootError::KernelDoesNotFit { range });
+        }
+
+        let loaded = BzImage::load(mem, Some(GuestAddress(layout::HIMEM_START)), kernel, None)
+            .map_err(BootError::LoadKernel)?;
+        // The header is handed on to the zero page: record where the protected-mode code really is.
+        hdr.code32_start = layout::HIMEM_START as u32;
+        Ok(KernelLoad {
+            entry: loaded.kernel_load.0 + ENTRY_64_OFFSET,
+            setup_header: hdr,
+            range,
+        })
     }
 
-    fn payload() -> Vec<u8> {
-        (0..5000u32).map(|i| (i % 251) as u8).collect()
+    /// Reads the setup header, keeping only as many bytes as the image says its header has (0x202
+    /// plus the jump offset at 0x201): older headers are shorter, and code follows them. The magic
+    /// and version, which every header has, are always kept. linux-loader copies the whole struct.
+    fn read_setup_header(kernel: &mut (impl Read + Seek)) -> Result<setup_header, BootError> {
+        let mut hdr = setup_header::default();
+        kernel
+            .seek(SeekFrom::Start(SETUP_HEADER_OFFSET))
+            .and_then(|_| kernel.read_exact(hdr.as_mut_slice()))
+            .map_err(|source| match source.kind() {
+                io::ErrorKind::UnexpectedEof => {
+                    BootError::NotBzImage("file is shorter than a setup header")
+                }
+                _ => BootError::Read {
+                    what: "kernel image",
+                    source,
+                },
+            })?;
+        let header_end = (0x202 + usize::from(hdr.jump >> 8)).clamp(0x208, SETUP_HEADER_END);
+        hdr.as_mut_slice()[header_end - SETUP_HEADER_OFFSET as usize..].fill(0);
+        Ok(hdr)
     }
 
-    fn load(hdr: &SetupHeader) -> Result<KernelLoad, BootError> {
-        let mem = guest_memory(256 * MIB);
-        load_kernel(&mem, &mut Cursor::new(bzimage(hdr, &payload())))
-    }
-
-    #[test]
-    fn loads_a_bzimage() {
-        let mem = guest_memory(256 * MIB);
-        let image = bzimage(&header(), &payload());
-        let kernel = load_kernel(&mem, &mut Cursor::new(image)).unwrap();
-
-        assert_eq!(kernel.entry, 0x10_0200);
-        // Relocatable, loaded at 1 MiB: decompresses at pref_address (16 MiB).
-        assert_eq!(
-            kernel.range,
-            GuestRange::new(0x10_0000, PREF_ADDRESS + u64::from(INIT_SIZE) - 0x10_0000)
-        );
-        let mut loaded = vec![0u8; payload().len()];
-        mem.read_slice(&mut loaded, GuestAddress(layout::HIMEM_START))
-            .unwrap();
-        assert_eq!(loaded, payload());
-        let hdr = kernel.setup_header;
-        assert_eq!({ hdr.version }, 0x020f);
-        assert_eq!({ hdr.code32_start }, 0x10_0000);
-        assert_eq!({ hdr.kernel_info_offset }, 0x1234);
-        assert_eq!({ hdr.cmdline_size }, 2047);
-    }
-
-    #[test]
-    fn setup_sects_zero_means_four() {
-        let hdr = SetupHeader {
-            setup_sects: 0,
-            ..header()
+    /// The memory the kernel needs from its load address at [`layout::HIMEM_START`]: the image, and
+    /// the `init_size` bytes the decompressor works in. A relocatable kernel runs at its load address
+    /// rounded up to `kernel_alignment`, but never below `pref_address`; any other kernel runs at
+    /// `pref_address` (arch/x86/boot/compressed/head_64.S). linux-loader does not place kernels.
+    fn kernel_footprint(hdr: &setup_header, image_size: u64) -> Result<GuestRange, BootError> {
+        let load = layout::HIMEM_START;
+        let run_base = if hdr.relocatable_kernel != 0 {
+            let align = hdr.kernel_alignment;
+            if !align.is_power_of_two() {
+                return Err(BootError::KernelAlignment(align));
+            }
+            load.next_multiple_of(u64::from(align))
+                .max(hdr.pref_address)
+        } else if hdr.pref_address < load {
+            return Err(BootError::KernelRunsTooLow(hdr.pref_address));
+        } else {
+            hdr.pref_address
         };
-        let mem = guest_memory(256 * MIB);
-        let kernel = load_kernel(&mem, &mut Cursor::new(bzimage(&hdr, &payload()))).unwrap();
-        let mut first = [0u8; 4];
-        mem.read_slice(&mut first, GuestAddress(kernel.range.base))
-            .unwrap();
-        assert_eq!(first, payload()[..4]);
+        let too_big = BootError::KernelDoesNotFit {
+            range: GuestRange::new(run_base, u64::from(hdr.init_size)),
+        };
+        let end = run_base
+            .checked_add(u64::from(hdr.init_size))
+            .ok_or(too_big)?
+            .max(load.saturating_add(image_size));
+        Ok(GuestRange::new(load, end - load))
     }
 
-    #[test]
-    fn bytes_past_a_short_header_are_not_copied() {
-        // A 2.12 header ends at 0x268; what follows in the file is code, not kernel_info_offset.
-        let hdr = SetupHeader {
-            version: 0x020c,
-            jump: 0xeb | (0x66 << 8),
-            ..header()
-        };
-        let kernel = load(&hdr).unwrap();
-        assert_eq!({ kernel.setup_header.kernel_info_offset }, 0);
-        assert_eq!({ kernel.setup_header.init_size }, INIT_SIZE);
-
-        // A header that claims to end right after the jump still has its magic and version read,
-        // but nothing past them.
-        let stub = SetupHeader {
-            jump: 0xeb,
-            ..header()
-        };
-        assert!(matches!(
-            load(&stub),
-            Err(BootError::No64BitEntry { version: 0x020f })
-        ));
-    }
-
-    #[test]
-    fn non_relocatable_kernel_runs_at_pref_address() {
-        let hdr = SetupHeader {
-            relocatable_kernel: 0,
-            kernel_alignment: 0,
-            pref_address: 0x200_0000,
-            ..header()
-        };
-        let kernel = load(&hdr).unwrap();
-        assert_eq!(kernel.range.end(), 0x200_0000 + u64::from(INIT_SIZE));
-    }
-
-    #[test]
-    fn rejects_non_bzimages() {
-        let mem = guest_memory(16 * MIB);
-        let err = load_kernel(&mem, &mut Cursor::new(vec![0u8; 0x200])).unwrap_err();
-        assert!(
-            matches!(err, BootError::NotBzImage(m) if m.contains("shorter")),
-            "{err}"
-        );
-
-        let no_flag = SetupHeader {
-            boot_flag: 0,
-            ..header()
-        };
-        let err = load(&no_flag).unwrap_err();
-        assert!(
-            matches!(err, BootError::NotBzImage(m) if m.contains("0xaa55")),
-            "{err}"
-        );
-
-        let no_magic = SetupHeader {
-            header: 0x1234_5678,
-            ..header()
-        };
-        let err = load(&no_magic).unwrap_err();
-        assert!(
-            matches!(err, BootError::NotBzImage(m) if m.contains("HdrS")),
-            "{err}"
-        );
-
-        let zimage = SetupHeader {
-            loadflags: 0,
-            ..header()
-        };
-        let err = load(&zimage).unwrap_err();
-        assert!(
-            matches!(err, BootError::NotBzImage(m) if m.contains("LOADED_HIGH")),
-            "{err}"
-        );
-
-        let truncated = &bzimage(&header(), &[])[..];
-        let err = load_kernel(&mem, &mut Cursor::new(truncated)).unwrap_err();
-        assert!(
-            matches!(err, BootError::NotBzImage(m) if m.contains("setup code")),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn rejects_kernels_without_64_bit_entry() {
-        let old = SetupHeader {
-            version: 0x020b,
-            ..header()
-        };
-        let err = load(&old).unwrap_err();
-        assert!(matches!(err, BootError::No64BitEntry { version: 0x020b }));
-        assert!(err.to_string().contains("0x020b"), "{err}");
-
-        let no_xlf = SetupHeader {
-            xloadflags: 0,
-            ..header()
-        };
-        assert!(matches!(
-            load(&no_xlf),
-            Err(BootError::No64BitEntry { version: 0x020f })
-        ));
-    }
-
-    #[test]
-    fn rejects_kernels_that_do_not_fit() {
-        let huge = SetupHeader {
-            init_size: 0xff00_0000,
-            ..header()
-        };
-        let err = load(&huge).unwrap_err();
-        assert!(
-            matches!(err, BootError::KernelDoesNotFit { range } if range.base == 0x10_0000),
-            "{err}"
-        );
-
-        let low = SetupHeader {
-            relocatable_kernel: 0,
-            pref_address: 0x8_0000,
-            ..header()
-        };
-        assert!(matches!(
-            load(&low),
-            Err(BootError::KernelRunsTooLow(0x8_0000))
-        ));
-
-        let bad_align = SetupHeader {
-            kernel_alignment: 0x30_0000,
-            ..header()
-        };
-        assert!(matches!(
-            load(&bad_align),
-            Err(BootError::KernelAlignment(0x30_0000))
-        ));
-
-        // The image itself larger than guest memory.
-        let mem = guest_memory(2 * MIB);
-        let small = SetupHeader {
-            pref_address: 0x10_0000,
-            init_size: 0x1000,
-            ..header()
-        };
-        let image = bzimage(&small, &vec![1u8; 2 * MIB as usize]);
-        let err = load_kernel(&mem, &mut Cursor::new(image)).unwrap_err();
-        assert!(matches!(err, BootError::KernelDoesNotFit { range } if range.size == 2 * MIB));
-    }
-
-    fn loaded_kernel(mem: &GuestMemoryMmap, hdr: &SetupHeader) -> KernelLoad {
-        load_kernel(mem, &mut Cursor::new(bzimage(hdr, &payload()))).unwrap()
-    }
-
-    #[test]
-    fn initrd_goes_high_and_page_aligned() {
-        let mem = guest_memory(256 * MIB);
-        let kernel = loaded_kernel(&mem, &header());
-        let data: Vec<u8> = (0..0x1_2345u32).map(|i| (i % 253) as u8).collect();
-        let size = data.len() as u64;
-        let initrd = load_initrd(
-            &mem,
-            &layout::ram_regions(256 * MIB),
-            &kernel,
-            &mut Cursor::new(&data),
-            size,
-        )
-        .unwrap();
-        assert_eq!(initrd, GuestRange::new(0xffe_d000, size));
-        let mut back = vec![0u8; data.len()];
-        mem.read_slice(&mut back, GuestAddress(initrd.base))
-            .unwrap();
-        assert_eq!(back, data);
-    }
-
-    #[test]
-    fn initrd_respects_initrd_addr_max() {
-        // 4 GiB: low RAM ends at the hole (3 GiB), the kernel allows up to 0x37ff_ffff.
-        let mem = guest_memory(4 * GIB);
-        let hdr = SetupHeader {
-            initrd_addr_max: 0x37ff_ffff,
-            ..header()
-        };
-        let kernel = loaded_kernel(&mem, &hdr);
-        let initrd = load_initrd(
-            &mem,
-            &layout::ram_regions(4 * GIB),
-            &kernel,
-            &mut Cursor::new(vec![7u8; 0x3000]),
-            0x3000,
-        )
-        .unwrap();
-        assert_eq!(initrd, GuestRange::new(0x3800_0000 - 0x3000, 0x3000));
-
-        // Without that limit, the end of RAM below the hole.
-        let hdr = SetupHeader {
-            initrd_addr_max: 0xffff_ffff,
-            ..header()
-        };
-        let kernel = loaded_kernel(&mem, &hdr);
-        let initrd = load_initrd(
-            &mem,
-            &layout::ram_regions(4 * GIB),
-            &kernel,
-            &mut Cursor::new(vec![7u8; 0x3000]),
-            0x3000,
-        )
-        .unwrap();
-        assert_eq!(initrd.end(), layout::MMIO_HOLE.base);
-    }
-
-    #[test]
-    fn initrd_errors() {
-        let mem = guest_memory(32 * MIB);
-        let ram = layout::ram_regions(32 * MIB);
-        let kernel = loaded_kernel(&mem, &header());
-
-        let err = load_initrd(&mem, &ram, &kernel, &mut Cursor::new(vec![]), 0).unwrap_err();
-        assert!(matches!(err, BootError::EmptyInitrd));
-
-        // The kernel owns up to 24 MiB; 9 MiB do not fit above it.
-        let size = 9 * MIB;
-        let err = load_initrd(&mem, &ram, &kernel, &mut Cursor::new(vec![]), size).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                BootError::InitrdDoesNotFit { size: s, floor, ceiling }
-                    if s == size && floor == 24 * MIB && ceiling == 32 * MIB
-            ),
-            "{err}"
-        );
-
-        // The file is shorter than the size given.
-        let err =
-            load_initrd(&mem, &ram, &kernel, &mut Cursor::new(vec![1u8; 10]), 0x1000).unwrap_err();
-        assert!(
-            matches!(err, BootError::Read { what: "initrd", .. }),
-            "{err}"
-        );
-
-        let elsewhere = [GuestRange::new(HIGH, GIB)];
-        let err = load_initrd(
-            &mem,
-            &elsewhere,
-            &kernel,
-            &mut Cursor::new(vec![1u8; 10]),
-            10,
-        )
-        .unwrap_err();
-        assert!(matches!(err, BootError::KernelOutsideRam(0x10_0000)));
-    }
-
-    fn read_zero_page(mem: &GuestMemoryMmap) -> BootParams {
-        mem.read_obj(GuestAddress(layout::ZERO_PAGE)).unwrap()
-    }
-
-    fn raw_u32(mem: &GuestMemoryMmap, offset: u64) -> u32 {
-        mem.read_obj(GuestAddress(layout::ZERO_PAGE + offset))
-            .unwrap()
-    }
-
-    fn e820(params: &BootParams) -> Vec<(u64, u64, u32)> {
-        let table = params.e820_table;
-        table[..usize::from(params.e820_entries)]
+    /// Loads `size` bytes of initrd from the start of `initrd`, page-aligned and as high as possible
+    /// below both the kernel's `initrd_addr_max` and the end of the low RAM region (the one holding
+    /// the kernel, below the MMIO hole), and above everything the kernel owns. Hand-written:
+    /// linux-loader has no initrd placement.
+    pub fn load_initrd<M, F>(
+        mem: &M,
+        platform_ram: &[GuestRange],
+        kernel: &KernelLoad,
+        initrd: &mut F,
+        size: u64,
+    ) -> Result<GuestRange, BootError>
+    where
+        M: GuestMemoryBackend,
+        F: ReadVolatile + Seek,
+    {
+        if size == 0 {
+            return Err(BootError::EmptyInitrd);
+        }
+        let low_ram = platform_ram
             .iter()
-            .map(|e| (e.addr, e.size, e.kind))
-            .collect()
-    }
+            .find(|r| r.contains(kernel.range.base))
+            .ok_or(BootError::KernelOutsideRam(kernel.range.base))?;
+        // `initrd_addr_max` is the highest address the initrd may occupy, inclusive.
+        let ceiling = (u64::from(kernel.setup_header.initrd_addr_max) + 1).min(low_ram.end());
+        let floor = kernel.range.end().next_multiple_of(PAGE_SIZE);
+        let base = ceiling
+            .checked_sub(size)
+            .map(|top| top & !(PAGE_SIZE - 1))
+            .filter(|&base| base >= floor)
+            .ok_or(BootError::InitrdDoesNotFit {
+                size,
+                floor,
+                ceiling,
+            })?;
 
-    #[test]
-    fn zero_page_for_256_mib() {
-        let mem = guest_memory(256 * MIB);
-        let kernel = loaded_kernel(&mem, &header());
-        let initrd = GuestRange::new(0xff0_0000, 0x8_1234);
-        let platform = platform(256 * MIB, "console=ttyS0 panic=-1", Some(initrd));
-        write_boot_params(&mem, &platform, &kernel, 0xe_0000).unwrap();
-
-        let params = read_zero_page(&mem);
-        assert_eq!(
-            e820(&params),
-            vec![
-                (0, layout::EBDA, E820_RAM),
-                (layout::EBDA, 0xe_0000 - layout::EBDA, E820_RESERVED),
-                (0xe_0000, 0x2_0000, E820_ACPI),
-                (0x10_0000, 256 * MIB - 0x10_0000, E820_RAM),
-            ]
-        );
-        let hdr = params.hdr;
-        assert_eq!(hdr.type_of_loader, 0xff);
-        assert_eq!(hdr.loadflags, LOADED_HIGH | CAN_USE_HEAP);
-        assert_eq!({ hdr.heap_end_ptr }, HEAP_END_PTR);
-        assert_eq!({ hdr.cmd_line_ptr }, layout::CMDLINE as u32);
-        assert_eq!({ hdr.ramdisk_image }, 0xff0_0000);
-        assert_eq!({ hdr.ramdisk_size }, 0x8_1234);
-        assert_eq!({ hdr.version }, 0x020f);
-        assert_eq!({ hdr.code32_start }, 0x10_0000);
-        assert_eq!({ params.ext_ramdisk_image }, 0);
-        assert_eq!({ params.acpi_rsdp_addr }, 0xe_0000);
-
-        // The same fields at the boot protocol's offsets, independent of BootParams.
-        assert_eq!(raw_u32(&mem, 0x070), 0xe_0000);
-        assert_eq!(raw_u32(&mem, 0x1e8) & 0xff, 4);
-        assert_eq!(
-            raw_u32(&mem, 0x210) & 0xffff,
-            0x80ff | u32::from(LOADED_HIGH) << 8
-        );
-        assert_eq!(raw_u32(&mem, 0x218), 0xff0_0000);
-        assert_eq!(raw_u32(&mem, 0x21c), 0x8_1234);
-        assert_eq!(raw_u32(&mem, 0x224) & 0xffff, u32::from(HEAP_END_PTR));
-        assert_eq!(raw_u32(&mem, 0x228), layout::CMDLINE as u32);
-        assert_eq!(raw_u32(&mem, 0x202), HDRS_MAGIC);
-        // Third e820 entry: addr at +0, size at +8, type at +16 of a 20-byte entry.
-        assert_eq!(raw_u32(&mem, 0x2d0 + 2 * 20), 0xe_0000);
-        assert_eq!(raw_u32(&mem, 0x2d0 + 2 * 20 + 16), E820_ACPI);
-        assert_eq!(raw_u32(&mem, 0x1ef) & 0xff, 0, "sentinel must be clear");
-
-        let mut cmdline = [0xaau8; 24];
-        mem.read_slice(&mut cmdline, GuestAddress(layout::CMDLINE))
-            .unwrap();
-        assert_eq!(&cmdline[..23], b"console=ttyS0 panic=-1\0");
-    }
-
-    #[test]
-    fn zero_page_for_4_gib_splits_around_the_hole() {
-        let mem = guest_memory(4 * GIB);
-        let kernel = loaded_kernel(&mem, &header());
-        let platform = platform(4 * GIB, "", None);
-        write_boot_params(&mem, &platform, &kernel, 0).unwrap();
-
-        let params = read_zero_page(&mem);
-        assert_eq!(
-            e820(&params),
-            vec![
-                (0, layout::EBDA, E820_RAM),
-                (layout::EBDA, 0xe_0000 - layout::EBDA, E820_RESERVED),
-                (0xe_0000, 0x2_0000, E820_ACPI),
-                (0x10_0000, 0xc000_0000 - 0x10_0000, E820_RAM),
-                (0x1_0000_0000, GIB, E820_RAM),
-            ]
-        );
-        let hdr = params.hdr;
-        assert_eq!({ hdr.ramdisk_image }, 0);
-        assert_eq!({ hdr.ramdisk_size }, 0);
-        assert_eq!({ params.acpi_rsdp_addr }, 0);
-        let mut nul = [0xaau8; 1];
-        mem.read_slice(&mut nul, GuestAddress(layout::CMDLINE))
-            .unwrap();
-        assert_eq!(nul, [0]);
-    }
-
-    #[test]
-    fn initrd_above_4_gib_uses_ext_fields() {
-        let mem = guest_memory(256 * MIB);
-        let kernel = loaded_kernel(&mem, &header());
-        let initrd = GuestRange::new(0x1_2345_6000, 0x1_0000_0010);
-        write_boot_params(&mem, &platform(256 * MIB, "", Some(initrd)), &kernel, 0).unwrap();
-        let params = read_zero_page(&mem);
-        let hdr = params.hdr;
-        assert_eq!({ hdr.ramdisk_image }, 0x2345_6000);
-        assert_eq!({ params.ext_ramdisk_image }, 1);
-        assert_eq!({ hdr.ramdisk_size }, 0x10);
-        assert_eq!({ params.ext_ramdisk_size }, 1);
-    }
-
-    #[test]
-    fn cmdline_is_bounded() {
-        let mem = guest_memory(64 * MIB);
-        let hdr = SetupHeader {
-            cmdline_size: 16,
-            ..header()
+        let read_err = |source| BootError::Read {
+            what: "initrd",
+            source,
         };
-        let kernel = loaded_kernel(&mem, &hdr);
+        initrd.seek(SeekFrom::Start(0)).map_err(read_err)?;
+        // `size` fits below 4 GiB, so in usize.
+        mem.read_exact_volatile_from(GuestAddress(base), initrd, size as usize)
+            .map_err(|source| match source {
+                GuestMemoryError::PartialBuffer { .. } => {
+                    read_err(io::ErrorKind::UnexpectedEof.into())
+                }
+                GuestMemoryError::IOError(e) => read_err(e),
+                source => BootError::GuestWrite {
+                    what: "initrd",
+                    addr: base,
+                    source,
+                },
+            })?;
+        Ok(GuestRange::new(base, size))
+    }
 
-        let fits = "0123456789abcdef";
-        write_boot_params(&mem, &platform(64 * MIB, fits, None), &kernel, 0).unwrap();
-        let mut back = [0xaau8; 17];
-        mem.read_slice(&mut back, GuestAddress(layout::CMDLINE))
-            .unwrap();
-        assert_eq!(&back[..16], fits.as_bytes());
-        assert_eq!(back[16], 0);
+    /// Writes the zero page at [`layout::ZERO_PAGE`] and the command line at [`layout::CMDLINE`].
+    /// `rsdp` is the ACPI RSDP's address (0: the kernel scans for it).
+    pub fn write_boot_params<M: GuestMemoryBackend>(
+        mem: &M,
+        platform: &Platform,
+        kernel: &KernelLoad,
+        rsdp: u64,
+    ) -> Result<(), BootError> {
+        let mut params = boot_params::default();
+        let mut hdr = kernel.setup_header;
+        hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
+        hdr.loadflags |= CAN_USE_HEAP;
+        hdr.heap_end_ptr = HEAP_END_PTR;
 
-        let long = "0123456789abcdefg";
-        let err = write_boot_params(&mem, &platform(64 * MIB, long, None), &kernel, 0).unwrap_err();
-        assert!(
-            matches!(err, BootError::CmdlineTooLong { len: 17, max: 16 }),
-            "{err}"
-        );
+        let cmdline = kernel_cmdline(&platform.cmdline, hdr.cmdline_size)?;
+        load_cmdline(mem, GuestAddress(layout::CMDLINE), &cmdline)
+            .map_err(BootError::WriteCmdline)?;
+        hdr.cmd_line_ptr = layout::CMDLINE as u32;
 
-        let nul = "root=/dev/vda\0init=/bin/sh";
-        let err = write_boot_params(&mem, &platform(64 * MIB, nul, None), &kernel, 0).unwrap_err();
-        assert!(matches!(err, BootError::CmdlineNul));
+        if let Some(initrd) = platform.initrd {
+            // The low halves go in the header, the high halves in the ext_ fields.
+            hdr.ramdisk_image = initrd.base as u32;
+            hdr.ramdisk_size = initrd.size as u32;
+            params.ext_ramdisk_image = (initrd.base >> 32) as u32;
+            params.ext_ramdisk_size = (initrd.size >> 32) as u32;
+        }
+        params.hdr = hdr;
+        params.acpi_rsdp_addr = rsdp;
 
-        // The layout's buffer bounds a kernel that claims more.
-        let hdr = SetupHeader {
-            cmdline_size: u32::MAX,
-            ..header()
+        // e820 contents are ours (linux-loader has the entry type, not the map).
+        let e820 = e820_map(platform)?;
+        let mut table = [boot_e820_entry::default(); E820_MAX_ENTRIES];
+        for (slot, entry) in table.iter_mut().zip(&e820) {
+            *slot = boot_e820_entry {
+                addr: entry.addr,
+                size: entry.size,
+                r#type: entry.kind,
+            };
+        }
+        params.e820_table = table;
+        // e820_map returns at most E820_MAX_ENTRIES (128) entries.
+        params.e820_entries = e820.len() as u8;
+
+        LinuxBootConfigurator::write_bootparams(
+            &BootParams::new(&params, GuestAddress(layout::ZERO_PAGE)),
+            mem,
+        )
+        .map_err(BootError::WriteZeroPage)
+    }
+
+    /// The command line as linux-loader's `Cmdline`, which checks it against the kernel's
+    /// `cmdline_size` (bounded by the layout's buffer) and for NUL bytes.
+    fn kernel_cmdline(cmdline: &str, cmdline_size: u32) -> Result<Cmdline, BootError> {
+        let max = u64::from(cmdline_size).min(layout::CMDLINE_MAX - 1);
+        let cmdline_err = |e| match e {
+            CmdlineError::InvalidCapacity => BootError::CmdlineTooLong {
+                len: cmdline.len(),
+                max,
+            },
+            CmdlineError::NullTerminator => BootError::CmdlineNul,
+            e => BootError::Cmdline(e),
         };
-        let kernel = loaded_kernel(&mem, &hdr);
-        let huge = "x".repeat(layout::CMDLINE_MAX as usize);
-        let err =
-            write_boot_params(&mem, &platform(64 * MIB, &huge, None), &kernel, 0).unwrap_err();
-        assert!(
-            matches!(err, BootError::CmdlineTooLong { max, .. } if max == layout::CMDLINE_MAX - 1)
-        );
+        // The capacity counts the terminating NUL; `max` is below CMDLINE_MAX, so it fits usize.
+        let built = Cmdline::try_from(cmdline, max as usize + 1).map_err(cmdline_err)?;
+        built.as_cstring().map_err(cmdline_err)?;
+        Ok(built)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use std::io::Cursor;
+
+        use super::*;
+        use crate::x86_64::boot::tests::{HIGH, MIB, platform};
+        use crate::x86_64::boot::{E820_ACPI, E820_RAM, E820_RESERVED};
+
+        type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+
+        const GIB: u64 = 1 << 30;
+        const PREF_ADDRESS: u64 = 0x100_0000;
+        const INIT_SIZE: u32 = 0x80_0000;
+
+        fn guest_memory(size: u64) -> GuestMemoryMmap {
+            let regions: Vec<_> = layout::ram_regions(size)
+                .iter()
+                .map(|r| (GuestAddress(r.base), r.size as usize))
+                .collect();
+            GuestMemoryMmap::from_ranges(&regions).unwrap()
+        }
+
+        /// A protocol 2.15 header for a relocatable 64-bit kernel.
+        fn header() -> setup_header {
+            setup_header {
+                setup_sects: 2,
+                boot_flag: BOOT_FLAG,
+                // `jmp short` over the header to 0x26c.
+                jump: 0xeb | (((SETUP_HEADER_END - 0x202) as u16) << 8),
+                header: HDRS_MAGIC,
+                version: 0x020f,
+                loadflags: LOADED_HIGH,
+                code32_start: 0x10_0000,
+                initrd_addr_max: 0x7fff_ffff,
+                kernel_alignment: 0x20_0000,
+                relocatable_kernel: 1,
+                min_alignment: 21,
+                xloadflags: XLF_KERNEL_64,
+                cmdline_size: 2047,
+                pref_address: PREF_ADDRESS,
+                init_size: INIT_SIZE,
+                kernel_info_offset: 0x1234,
+                ..Default::default()
+            }
+        }
+
+        /// A bzImage-shaped file: boot sector and setup sectors with `hdr` at 0x1f1, then `payload`.
+        fn bzimage(hdr: &setup_header, payload: &[u8]) -> Vec<u8> {
+            let sects = match hdr.setup_sects {
+                0 => DEFAULT_SETUP_SECTS,
+                n => n,
+            };
+            let mut image = vec![0x90u8; (usize::from(sects) + 1) * 512];
+            image[SETUP_HEADER_OFFSET as usize..SETUP_HEADER_END].copy_from_slice(hdr.as_slice());
+            image.extend_from_slice(payload);
+            image
+        }
+
+        fn payload() -> Vec<u8> {
+            (0..5000u32).map(|i| (i % 251) as u8).collect()
+        }
+
+        fn load(hdr: &setup_header) -> Result<KernelLoad, BootError> {
+            let mem = guest_memory(256 * MIB);
+            load_kernel(&mem, &mut Cursor::new(bzimage(hdr, &payload())))
+        }
+
+        #[test]
+        fn loads_a_bzimage() {
+            let mem = guest_memory(256 * MIB);
+            let image = bzimage(&header(), &payload());
+            let kernel = load_kernel(&mem, &mut Cursor::new(image)).unwrap();
+
+            assert_eq!(kernel.entry, 0x10_0200);
+            // Relocatable, loaded at 1 MiB: decompresses at pref_address (16 MiB).
+            assert_eq!(
+                kernel.range,
+                GuestRange::new(0x10_0000, PREF_ADDRESS + u64::from(INIT_SIZE) - 0x10_0000)
+            );
+            let mut loaded = vec![0u8; payload().len()];
+            mem.read_slice(&mut loaded, GuestAddress(layout::HIMEM_START))
+                .unwrap();
+            assert_eq!(loaded, payload());
+            let hdr = kernel.setup_header;
+            assert_eq!({ hdr.version }, 0x020f);
+            assert_eq!({ hdr.code32_start }, 0x10_0000);
+            assert_eq!({ hdr.kernel_info_offset }, 0x1234);
+            assert_eq!({ hdr.cmdline_size }, 2047);
+        }
+
+        #[test]
+        fn setup_sects_zero_means_four() {
+            let hdr = setup_header {
+                setup_sects: 0,
+                ..header()
+            };
+            let mem = guest_memory(256 * MIB);
+            let kernel = load_kernel(&mem, &mut Cursor::new(bzimage(&hdr, &payload()))).unwrap();
+            let mut first = [0u8; 4];
+            mem.read_slice(&mut first, GuestAddress(kernel.range.base))
+                .unwrap();
+            assert_eq!(first, payload()[..4]);
+        }
+
+        #[test]
+        fn bytes_past_a_short_header_are_not_copied() {
+            // A 2.12 header ends at 0x268; what follows in the file is code, not kernel_info_offset.
+            let hdr = setup_header {
+                version: 0x020c,
+                jump: 0xeb | (0x66 << 8),
+                ..header()
+            };
+            let kernel = load(&hdr).unwrap();
+            assert_eq!({ kernel.setup_header.kernel_info_offset }, 0);
+            assert_eq!({ kernel.setup_header.init_size }, INIT_SIZE);
+
+            // A header that claims to end right after the jump still has its magic and version read,
+            // but nothing past them.
+            let stub = setup_header {
+                jump: 0xeb,
+                ..header()
+            };
+            assert!(matches!(
+                load(&stub),
+                Err(BootError::No64BitEntry { version: 0x020f })
+            ));
+        }
+
+        #[test]
+        fn non_relocatable_kernel_runs_at_pref_address() {
+            let hdr = setup_header {
+                relocatable_kernel: 0,
+                kernel_alignment: 0,
+                pref_address: 0x200_0000,
+                ..header()
+            };
+            let kernel = load(&hdr).unwrap();
+            assert_eq!(kernel.range.end(), 0x200_0000 + u64::from(INIT_SIZE));
+        }
+
+        #[test]
+        fn rejects_non_bzimages() {
+            let mem = guest_memory(16 * MIB);
+            let err = load_kernel(&mem, &mut Cursor::new(vec![0u8; 0x200])).unwrap_err();
+            assert!(
+                matches!(err, BootError::NotBzImage(m) if m.contains("shorter")),
+                "{err}"
+            );
+
+            let no_flag = setup_header {
+                boot_flag: 0,
+                ..header()
+            };
+            let err = load(&no_flag).unwrap_err();
+            assert!(
+                matches!(err, BootError::NotBzImage(m) if m.contains("0xaa55")),
+                "{err}"
+            );
+
+            let no_magic = setup_header {
+                header: 0x1234_5678,
+                ..header()
+            };
+            let err = load(&no_magic).unwrap_err();
+            assert!(
+                matches!(err, BootError::NotBzImage(m) if m.contains("HdrS")),
+                "{err}"
+            );
+
+            let zimage = setup_header {
+                loadflags: 0,
+                ..header()
+            };
+            let err = load(&zimage).unwrap_err();
+            assert!(
+                matches!(err, BootError::NotBzImage(m) if m.contains("LOADED_HIGH")),
+                "{err}"
+            );
+
+            let truncated = &bzimage(&header(), &[])[..];
+            let err = load_kernel(&mem, &mut Cursor::new(truncated)).unwrap_err();
+            assert!(
+                matches!(err, BootError::NotBzImage(m) if m.contains("setup code")),
+                "{err}"
+            );
+        }
+
+        #[test]
+        fn rejects_kernels_without_64_bit_entry() {
+            let old = setup_header {
+                version: 0x020b,
+                ..header()
+            };
+            let err = load(&old).unwrap_err();
+            assert!(matches!(err, BootError::No64BitEntry { version: 0x020b }));
+            assert!(err.to_string().contains("0x020b"), "{err}");
+
+            let no_xlf = setup_header {
+                xloadflags: 0,
+                ..header()
+            };
+            assert!(matches!(
+                load(&no_xlf),
+                Err(BootError::No64BitEntry { version: 0x020f })
+            ));
+        }
+
+        #[test]
+        fn rejects_kernels_that_do_not_fit() {
+            let huge = setup_header {
+                init_size: 0xff00_0000,
+                ..header()
+            };
+            let err = load(&huge).unwrap_err();
+            assert!(
+                matches!(err, BootError::KernelDoesNotFit { range } if range.base == 0x10_0000),
+                "{err}"
+            );
+
+            let low = setup_header {
+                relocatable_kernel: 0,
+                pref_address: 0x8_0000,
+                ..header()
+            };
+            assert!(matches!(
+                load(&low),
+                Err(BootError::KernelRunsTooLow(0x8_0000))
+            ));
+
+            let bad_align = setup_header {
+                kernel_alignment: 0x30_0000,
+                ..header()
+            };
+            assert!(matches!(
+                load(&bad_align),
+                Err(BootError::KernelAlignment(0x30_0000))
+            ));
+
+            // The image itself larger than guest memory.
+            let mem = guest_memory(2 * MIB);
+            let small = setup_header {
+                pref_address: 0x10_0000,
+                init_size: 0x1000,
+                ..header()
+            };
+            let image = bzimage(&small, &vec![1u8; 2 * MIB as usize]);
+            let err = load_kernel(&mem, &mut Cursor::new(image)).unwrap_err();
+            assert!(matches!(err, BootError::KernelDoesNotFit { range } if range.size == 2 * MIB));
+        }
+
+        fn loaded_kernel(mem: &GuestMemoryMmap, hdr: &setup_header) -> KernelLoad {
+            load_kernel(mem, &mut Cursor::new(bzimage(hdr, &payload()))).unwrap()
+        }
+
+        #[test]
+        fn initrd_goes_high_and_page_aligned() {
+            let mem = guest_memory(256 * MIB);
+            let kernel = loaded_kernel(&mem, &header());
+            let data: Vec<u8> = (0..0x1_2345u32).map(|i| (i % 253) as u8).collect();
+            let size = data.len() as u64;
+            let initrd = load_initrd(
+                &mem,
+                &layout::ram_regions(256 * MIB),
+                &kernel,
+                &mut Cursor::new(&data),
+                size,
+            )
+            .unwrap();
+            assert_eq!(initrd, GuestRange::new(0xffe_d000, size));
+            let mut back = vec![0u8; data.len()];
+            mem.read_slice(&mut back, GuestAddress(initrd.base))
+                .unwrap();
+            assert_eq!(back, data);
+        }
+
+        #[test]
+        fn initrd_respects_initrd_addr_max() {
+            // 4 GiB: low RAM ends at the hole (3 GiB), the kernel allows up to 0x37ff_ffff.
+            let mem = guest_memory(4 * GIB);
+            let hdr = setup_header {
+                initrd_addr_max: 0x37ff_ffff,
+                ..header()
+            };
+            let kernel = loaded_kernel(&mem, &hdr);
+            let initrd = load_initrd(
+                &mem,
+                &layout::ram_regions(4 * GIB),
+                &kernel,
+                &mut Cursor::new(vec![7u8; 0x3000]),
+                0x3000,
+            )
+            .unwrap();
+            assert_eq!(initrd, GuestRange::new(0x3800_0000 - 0x3000, 0x3000));
+
+            // Without that limit, the end of RAM below the hole.
+            let hdr = setup_header {
+                initrd_addr_max: 0xffff_ffff,
+                ..header()
+            };
+            let kernel = loaded_kernel(&mem, &hdr);
+            let initrd = load_initrd(
+                &mem,
+                &layout::ram_regions(4 * GIB),
+                &kernel,
+                &mut Cursor::new(vec![7u8; 0x3000]),
+                0x3000,
+            )
+            .unwrap();
+            assert_eq!(initrd.end(), layout::MMIO_HOLE.base);
+        }
+
+        #[test]
+        fn initrd_errors() {
+            let mem = guest_memory(32 * MIB);
+            let ram = layout::ram_regions(32 * MIB);
+            let kernel = loaded_kernel(&mem, &header());
+
+            let err = load_initrd(&mem, &ram, &kernel, &mut Cursor::new(vec![]), 0).unwrap_err();
+            assert!(matches!(err, BootError::EmptyInitrd));
+
+            // The kernel owns up to 24 MiB; 9 MiB do not fit above it.
+            let size = 9 * MIB;
+            let err = load_initrd(&mem, &ram, &kernel, &mut Cursor::new(vec![]), size).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    BootError::InitrdDoesNotFit { size: s, floor, ceiling }
+                        if s == size && floor == 24 * MIB && ceiling == 32 * MIB
+                ),
+                "{err}"
+            );
+
+            // The file is shorter than the size given.
+            let err = load_initrd(&mem, &ram, &kernel, &mut Cursor::new(vec![1u8; 10]), 0x1000)
+                .unwrap_err();
+            assert!(
+                matches!(err, BootError::Read { what: "initrd", .. }),
+                "{err}"
+            );
+
+            let elsewhere = [GuestRange::new(HIGH, GIB)];
+            let err = load_initrd(
+                &mem,
+                &elsewhere,
+                &kernel,
+                &mut Cursor::new(vec![1u8; 10]),
+                10,
+            )
+            .unwrap_err();
+            assert!(matches!(err, BootError::KernelOutsideRam(0x10_0000)));
+        }
+
+        fn read_zero_page(mem: &GuestMemoryMmap) -> boot_params {
+            mem.read_obj(GuestAddress(layout::ZERO_PAGE)).unwrap()
+        }
+
+        fn raw_u32(mem: &GuestMemoryMmap, offset: u64) -> u32 {
+            mem.read_obj(GuestAddress(layout::ZERO_PAGE + offset))
+                .unwrap()
+        }
+
+        fn e820(params: &boot_params) -> Vec<(u64, u64, u32)> {
+            let table = params.e820_table;
+            table[..usize::from(params.e820_entries)]
+                .iter()
+                .map(|e| (e.addr, e.size, e.r#type))
+                .collect()
+        }
+
+        #[test]
+        fn zero_page_for_256_mib() {
+            let mem = guest_memory(256 * MIB);
+            let kernel = loaded_kernel(&mem, &header());
+            let initrd = GuestRange::new(0xff0_0000, 0x8_1234);
+            let platform = platform(256 * MIB, "console=ttyS0 panic=-1", Some(initrd));
+            write_boot_params(&mem, &platform, &kernel, 0xe_0000).unwrap();
+
+            let params = read_zero_page(&mem);
+            assert_eq!(
+                e820(&params),
+                vec![
+                    (0, layout::EBDA, E820_RAM),
+                    (layout::EBDA, 0xe_0000 - layout::EBDA, E820_RESERVED),
+                    (0xe_0000, 0x2_0000, E820_ACPI),
+                    (0x10_0000, 256 * MIB - 0x10_0000, E820_RAM),
+                ]
+            );
+            let hdr = params.hdr;
+            assert_eq!(hdr.type_of_loader, 0xff);
+            assert_eq!(hdr.loadflags, LOADED_HIGH | CAN_USE_HEAP);
+            assert_eq!({ hdr.heap_end_ptr }, HEAP_END_PTR);
+            assert_eq!({ hdr.cmd_line_ptr }, layout::CMDLINE as u32);
+            assert_eq!({ hdr.ramdisk_image }, 0xff0_0000);
+            assert_eq!({ hdr.ramdisk_size }, 0x8_1234);
+            assert_eq!({ hdr.version }, 0x020f);
+            assert_eq!({ hdr.code32_start }, 0x10_0000);
+            assert_eq!({ params.ext_ramdisk_image }, 0);
+            assert_eq!({ params.acpi_rsdp_addr }, 0xe_0000);
+
+            // The same fields at the boot protocol's offsets, independent of `boot_params`.
+            assert_eq!(raw_u32(&mem, 0x070), 0xe_0000);
+            assert_eq!(raw_u32(&mem, 0x1e8) & 0xff, 4);
+            assert_eq!(
+                raw_u32(&mem, 0x210) & 0xffff,
+                0x80ff | u32::from(LOADED_HIGH) << 8
+            );
+            assert_eq!(raw_u32(&mem, 0x218), 0xff0_0000);
+            assert_eq!(raw_u32(&mem, 0x21c), 0x8_1234);
+            assert_eq!(raw_u32(&mem, 0x224) & 0xffff, u32::from(HEAP_END_PTR));
+            assert_eq!(raw_u32(&mem, 0x228), layout::CMDLINE as u32);
+            assert_eq!(raw_u32(&mem, 0x202), HDRS_MAGIC);
+            // Third e820 entry: addr at +0, size at +8, type at +16 of a 20-byte entry.
+            assert_eq!(raw_u32(&mem, 0x2d0 + 2 * 20), 0xe_0000);
+            assert_eq!(raw_u32(&mem, 0x2d0 + 2 * 20 + 16), E820_ACPI);
+            assert_eq!(raw_u32(&mem, 0x1ef) & 0xff, 0, "sentinel must be clear");
+
+            let mut cmdline = [0xaau8; 24];
+            mem.read_slice(&mut cmdline, GuestAddress(layout::CMDLINE))
+                .unwrap();
+            assert_eq!(&cmdline[..23], b"console=ttyS0 panic=-1\0");
+        }
+
+        #[test]
+        fn zero_page_for_4_gib_splits_around_the_hole() {
+            let mem = guest_memory(4 * GIB);
+            let kernel = loaded_kernel(&mem, &header());
+            let platform = platform(4 * GIB, "", None);
+            write_boot_params(&mem, &platform, &kernel, 0).unwrap();
+
+            let params = read_zero_page(&mem);
+            assert_eq!(
+                e820(&params),
+                vec![
+                    (0, layout::EBDA, E820_RAM),
+                    (layout::EBDA, 0xe_0000 - layout::EBDA, E820_RESERVED),
+                    (0xe_0000, 0x2_0000, E820_ACPI),
+                    (0x10_0000, 0xc000_0000 - 0x10_0000, E820_RAM),
+                    (0x1_0000_0000, GIB, E820_RAM),
+                ]
+            );
+            let hdr = params.hdr;
+            assert_eq!({ hdr.ramdisk_image }, 0);
+            assert_eq!({ hdr.ramdisk_size }, 0);
+            assert_eq!({ params.acpi_rsdp_addr }, 0);
+            let mut nul = [0xaau8; 1];
+            mem.read_slice(&mut nul, GuestAddress(layout::CMDLINE))
+                .unwrap();
+            assert_eq!(nul, [0]);
+        }
+
+        #[test]
+        fn initrd_above_4_gib_uses_ext_fields() {
+            let mem = guest_memory(256 * MIB);
+            let kernel = loaded_kernel(&mem, &header());
+            let initrd = GuestRange::new(0x1_2345_6000, 0x1_0000_0010);
+            write_boot_params(&mem, &platform(256 * MIB, "", Some(initrd)), &kernel, 0).unwrap();
+            let params = read_zero_page(&mem);
+            let hdr = params.hdr;
+            assert_eq!({ hdr.ramdisk_image }, 0x2345_6000);
+            assert_eq!({ params.ext_ramdisk_image }, 1);
+            assert_eq!({ hdr.ramdisk_size }, 0x10);
+            assert_eq!({ params.ext_ramdisk_size }, 1);
+        }
+
+        #[test]
+        fn cmdline_is_bounded() {
+            let mem = guest_memory(64 * MIB);
+            let hdr = setup_header {
+                cmdline_size: 16,
+                ..header()
+            };
+            let kernel = loaded_kernel(&mem, &hdr);
+
+            let fits = "0123456789abcdef";
+            write_boot_params(&mem, &platform(64 * MIB, fits, None), &kernel, 0).unwrap();
+            let mut back = [0xaau8; 17];
+            mem.read_slice(&mut back, GuestAddress(layout::CMDLINE))
+                .unwrap();
+            assert_eq!(&back[..16], fits.as_bytes());
+            assert_eq!(back[16], 0);
+
+            let long = "0123456789abcdefg";
+            let err =
+                write_boot_params(&mem, &platform(64 * MIB, long, None), &kernel, 0).unwrap_err();
+            assert!(
+                matches!(err, BootError::CmdlineTooLong { len: 17, max: 16 }),
+                "{err}"
+            );
+
+            // Within the 16 bytes, so the NUL itself is the problem.
+            let nul = "root=/vda\0sh";
+            let err =
+                write_boot_params(&mem, &platform(64 * MIB, nul, None), &kernel, 0).unwrap_err();
+            assert!(matches!(err, BootError::CmdlineNul));
+
+            // The layout's buffer bounds a kernel that claims more.
+            let hdr = setup_header {
+                cmdline_size: u32::MAX,
+                ..header()
+            };
+            let kernel = loaded_kernel(&mem, &hdr);
+            let huge = "x".repeat(layout::CMDLINE_MAX as usize);
+            let err =
+                write_boot_params(&mem, &platform(64 * MIB, &huge, None), &kernel, 0).unwrap_err();
+            assert!(
+                matches!(err, BootError::CmdlineTooLong { max, .. } if max == layout::CMDLINE_MAX - 1)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acpi::testutil::x86_platform;
+
+    pub(super) const MIB: u64 = 1 << 20;
+    pub(super) const HIGH: u64 = layout::HIGH_RAM_START;
+
+    pub(super) fn platform(
+        memory_size: u64,
+        cmdline: &str,
+        initrd: Option<GuestRange>,
+    ) -> Platform {
+        Platform {
+            memory: layout::ram_regions(memory_size),
+            cmdline: cmdline.to_string(),
+            initrd,
+            ..x86_platform(1)
+        }
     }
 
     #[test]
@@ -1147,35 +1032,5 @@ mod tests {
             e820_map(&p),
             Err(BootError::TooManyE820Entries(202))
         ));
-    }
-
-    /// linux-loader's `bootparam` types exist only on x86 hosts; there, check ours match them.
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn layouts_match_linux_loader() {
-        use linux_loader::loader::bootparam::{boot_params, setup_header};
-
-        assert_eq!(size_of::<SetupHeader>(), size_of::<setup_header>());
-        assert_eq!(size_of::<BootParams>(), size_of::<boot_params>());
-        assert_eq!(offset_of!(BootParams, hdr), offset_of!(boot_params, hdr));
-        assert_eq!(
-            offset_of!(BootParams, e820_table),
-            offset_of!(boot_params, e820_table)
-        );
-        assert_eq!(
-            offset_of!(BootParams, acpi_rsdp_addr),
-            offset_of!(boot_params, acpi_rsdp_addr)
-        );
-        assert_eq!(
-            offset_of!(BootParams, ext_cmd_line_ptr),
-            offset_of!(boot_params, ext_cmd_line_ptr)
-        );
-
-        let ours = header();
-        let theirs = setup_header::from_slice(ours.as_slice()).unwrap();
-        assert_eq!({ theirs.pref_address }, PREF_ADDRESS);
-        assert_eq!({ theirs.init_size }, INIT_SIZE);
-        assert_eq!({ theirs.xloadflags }, XLF_KERNEL_64);
-        assert_eq!({ theirs.kernel_info_offset }, 0x1234);
     }
 }

@@ -57,6 +57,11 @@ pub(crate) fn setup(ctx: &mut BuildContext) -> Result<(Vec<VcpuFd>, ArchState), 
             path: kernel_path.clone(),
             message: e.to_string(),
         })?;
+    // The device tree carries the command line: check it against the arm64 kernel's buffer.
+    image::kernel_cmdline(&ctx.platform.cmdline).map_err(|e| VmError::Kernel {
+        path: kernel_path.clone(),
+        message: e.to_string(),
+    })?;
     let initrd_size = match &ctx.config.payload.initramfs {
         Some(path) => Some(
             std::fs::metadata(path)
