@@ -1,7 +1,16 @@
 //! The guest-visible platform: plain data computed once by the VMM's plan and read by every encoder
-//! (device tree, ACPI tables, boot parameters). Encoders compute no address or ID of their own.
+//! (device tree, ACPI tables, boot parameters). Encoders compute no address or ID of their own:
+//! the derived ones (requester, stream and ITS device IDs, INTx lines, the bridge of a vSMMU) are
+//! methods here. [`Platform::check`] is the one check of it, and encoders take its result.
 
 use serde::Serialize;
+
+mod check;
+
+pub use check::{
+    Aarch64Parts, AcpiPorts, ArchParts, CheckedPlatform, Gic, MmioUart, PioUart, PlatformError,
+    X86Parts,
+};
 
 /// A range of guest physical addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -113,8 +122,8 @@ pub enum PowerControl {
     },
 }
 
-/// A PCI function the guest sees, placed by the plan. Every encoder and the KVM routing code read
-/// these numbers; none computes its own.
+/// A PCI function the guest sees, placed by the plan through [`PciBridge::function`]. Every
+/// encoder and the KVM routing code read these numbers; none computes its own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PciFunction {
     /// Bus, device and function inside the bridge's segment.
@@ -123,11 +132,56 @@ pub struct PciFunction {
     pub function: u8,
     /// Requester ID: bus << 8 | device << 3 | function.
     pub rid: u16,
-    /// aarch64: the ITS device ID its MSIs carry (the bridge's `msi_base` + its offset in the
-    /// bridge's RID span). x86: the RID.
+    /// aarch64: the ITS device ID its MSIs carry ([`PciBridge::msi_map`] of the RID). x86:
+    /// unused (MSIs go to the local APICs).
     pub msi_device_id: u32,
     /// What the user passed (host BDF or sysfs path), for messages and dumps.
     pub label: String,
+}
+
+impl PciFunction {
+    /// Its StreamID at the vSMMUv3 in front of its bridge.
+    pub fn stream_id(&self) -> u32 {
+        stream_id(u32::from(self.rid))
+    }
+}
+
+/// A vSMMUv3's StreamID is the requester ID (the `iommu-map` and IORT say so, the model and the
+/// host's vSID table use it).
+const fn stream_id(rid: u32) -> u32 {
+    rid
+}
+
+/// A legacy PCI interrupt pin, INTA..INTD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntxPin {
+    A,
+    B,
+    C,
+    D,
+}
+
+impl IntxPin {
+    pub const ALL: [IntxPin; 4] = [IntxPin::A, IntxPin::B, IntxPin::C, IntxPin::D];
+
+    /// From the Interrupt Pin register (1 = INTA .. 4 = INTD; 0 = none).
+    pub fn from_register(value: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(value.checked_sub(1)?)).copied()
+    }
+
+    /// 0 for INTA .. 3 for INTD, as ACPI `_PRT` entries number them.
+    pub const fn index(self) -> u8 {
+        self as u8
+    }
+}
+
+/// IDs `input_base .. input_base + count` map to `output_base ..`, one to one: an `msi-map` or
+/// `iommu-map` entry, an IORT ID mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    pub input_base: u32,
+    pub count: u32,
+    pub output_base: u32,
 }
 
 /// A PCI host bridge (root complex): its own segment, ECAM window and MMIO apertures. Devices sit
@@ -146,8 +200,8 @@ pub struct PciBridge {
     /// aarch64: the ITS device ID of the first RID in `rid_span` (the DT msi-map and IORT ID
     /// mappings say so). x86: unused (MSIs go to the local APICs).
     pub msi_base: u32,
-    /// Legacy INTA..INTD of slot 0 as SPI numbers (aarch64) or I/O APIC pins (x86); slot `d`
-    /// uses the standard swizzle: pin `p` -> `intx[(d + p) % 4]`.
+    /// Legacy INTA..INTD of slot 0 as SPI numbers (aarch64) or I/O APIC pins (x86); other
+    /// slots' lines are [`PciBridge::intx_line`].
     pub intx: [u32; 4],
     pub functions: Vec<PciFunction>,
 }
@@ -160,14 +214,85 @@ impl PciBridge {
         (u32::from(self.bus_start) << 8, buses << 8)
     }
 
+    /// The function at `bus:device.function` of this bridge, with its IDs.
+    pub fn function(&self, bus: u8, device: u8, function: u8, label: String) -> PciFunction {
+        let rid = u16::from(bus) << 8 | u16::from(device) << 3 | u16::from(function);
+        PciFunction {
+            bus,
+            device,
+            function,
+            rid,
+            msi_device_id: self.its_device_id(u32::from(rid)),
+            label,
+        }
+    }
+
+    /// The ITS device ID of requester `rid`: `msi_base` plus its offset in the RID span.
+    fn its_device_id(&self, rid: u32) -> u32 {
+        self.msi_base
+            .wrapping_add(rid.wrapping_sub(self.rid_span().0))
+    }
+
+    /// RID -> ITS device ID over the RID span (the `msi-map`; the IORT's route to the ITS).
+    pub fn msi_map(&self) -> IdRange {
+        let (rid_base, count) = self.rid_span();
+        IdRange {
+            input_base: rid_base,
+            count,
+            output_base: self.its_device_id(rid_base),
+        }
+    }
+
+    /// RID -> StreamID at the bridge's vSMMUv3 (the `iommu-map`; the IORT root complex's).
+    pub fn iommu_map(&self) -> IdRange {
+        let (rid_base, count) = self.rid_span();
+        IdRange {
+            input_base: rid_base,
+            count,
+            output_base: stream_id(rid_base),
+        }
+    }
+
+    /// StreamID -> ITS device ID at the bridge's vSMMUv3: its functions' MSIs carry the same
+    /// device IDs as without it, so MSI routing does not depend on the IOMMU.
+    pub fn smmu_msi_map(&self) -> IdRange {
+        IdRange {
+            input_base: self.iommu_map().output_base,
+            ..self.msi_map()
+        }
+    }
+
+    /// The line slot `device` raises on `pin`: the PCI-to-PCI bridge swizzle (PCI Express Base
+    /// spec §2.2.8.1), pin `p` of slot `d` takes `intx[(d + p) % 4]`.
+    pub fn intx_line(&self, device: u8, pin: IntxPin) -> u32 {
+        self.intx[(usize::from(device) + usize::from(pin.index())) % 4]
+    }
+
+    /// The ECAM bytes its buses use.
+    pub fn ecam_bytes(&self) -> u64 {
+        let buses = u64::from(self.bus_end.saturating_sub(self.bus_start)) + 1;
+        buses << ECAM_BUS_SHIFT
+    }
+
+    /// Where bus 0's configuration space would be (the MCFG base): bus `n` is at `+ (n << 20)`.
+    /// The check keeps it from wrapping.
+    pub fn ecam_bus0(&self) -> u64 {
+        self.ecam
+            .base
+            .wrapping_sub(u64::from(self.bus_start) << ECAM_BUS_SHIFT)
+    }
+
     /// The ECAM address of a function's configuration space.
     pub fn config_address(&self, bus: u8, device: u8, function: u8) -> u64 {
         self.ecam.base
-            + ((u64::from(bus - self.bus_start) << 20)
+            + ((u64::from(bus - self.bus_start) << ECAM_BUS_SHIFT)
                 | (u64::from(device) << 15)
                 | (u64::from(function) << 12))
     }
 }
+
+/// One MiB of ECAM per bus.
+const ECAM_BUS_SHIFT: u32 = 20;
 
 /// What a virtual SMMUv3 advertises: decided once per host SMMU from the host's IDR fields (only
 /// those the iommufd uAPI lets a VMM use) masked to what the model implements, then frozen.
@@ -261,6 +386,21 @@ impl Platform {
     pub fn memory_size(&self) -> u64 {
         self.memory.iter().map(|r| r.size).sum()
     }
+
+    /// The vSMMUv3 in front of `bridge`, if any.
+    pub fn smmu_for(&self, bridge: &PciBridge) -> Option<&VirtualSmmu> {
+        self.smmus.iter().find(|s| translates(s, bridge))
+    }
+
+    /// The bridge vSMMUv3 `smmu` translates (the check makes sure there is one).
+    pub fn bridge_for(&self, smmu: &VirtualSmmu) -> Option<&PciBridge> {
+        self.pci_bridges.iter().find(|b| translates(smmu, b))
+    }
+}
+
+/// A vSMMUv3 names the bridge it sits in front of by its segment.
+fn translates(smmu: &VirtualSmmu, bridge: &PciBridge) -> bool {
+    smmu.segment == bridge.segment
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use arch::platform::{FirmwareInterface, GuestArch, Platform};
+use arch::platform::{CheckedPlatform, FirmwareInterface, GuestArch};
 use serde::Serialize;
 
 use crate::host::HostDescription;
@@ -26,7 +26,7 @@ pub enum DumpError {
 #[derive(Serialize)]
 pub struct PlanReport<'a> {
     pub host: &'a HostDescription,
-    pub platform: &'a Platform,
+    pub platform: &'a CheckedPlatform,
 }
 
 impl PlanReport<'_> {
@@ -36,7 +36,7 @@ impl PlanReport<'_> {
 }
 
 /// The device tree (full or the ACPI stub) and every ACPI table, named by file.
-pub fn guest_tables(platform: &Platform) -> Result<Vec<(String, Vec<u8>)>, DumpError> {
+pub fn guest_tables(platform: &CheckedPlatform) -> Result<Vec<(String, Vec<u8>)>, DumpError> {
     let enc = |e: &dyn std::fmt::Display| DumpError::Encode(e.to_string());
     let mut files = Vec::new();
     match (platform.arch, platform.firmware) {

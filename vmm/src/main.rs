@@ -16,7 +16,7 @@ fn prepare(
     cli: &Cli,
     config: &vmm::config::VmConfig,
     arch: HostArch,
-) -> Result<(ProbedHost, arch::platform::Platform), String> {
+) -> Result<(ProbedHost, arch::platform::CheckedPlatform), String> {
     let host = match &cli.host_description {
         Some(path) => {
             vmm::host::HostDescription::from_file(path, config).map(ProbedHost::described)

@@ -4,9 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use arch::platform::{
-    ArchTimer, FirmwareInterface, GuestArch, GuestRange, InterruptController, PciBridge,
-    PciFunction, Platform, PowerControl, RegisterSpace, SerialPort, SmmuFeatures, SmmuMode,
-    VirtualSmmu,
+    ArchTimer, CheckedPlatform, FirmwareInterface, GuestArch, GuestRange, InterruptController,
+    PciBridge, Platform, PlatformError, PowerControl, RegisterSpace, SerialPort, SmmuFeatures,
+    SmmuMode, VirtualSmmu,
 };
 use devices::smmuv3::{FeatureRegisters, HostSmmuUnfit};
 
@@ -24,15 +24,25 @@ pub enum PlanError {
     },
     #[error("{count} host SMMUs (and devices behind none) need more PCI host bridges than {max}")]
     TooManyBridges { count: usize, max: u32 },
+    #[error(
+        "{device} is behind host IOMMU {iommu}, which is no SMMUv3 the host description lists, so nested-smmuv3 cannot give it a vSMMU"
+    )]
+    UnlistedIommu { device: String, iommu: String },
+    #[error(
+        "PCI bridge {segment} already holds {MAX_DEVICES_PER_BRIDGE} devices, all it can: {device} does not fit"
+    )]
+    BridgeFull { segment: u16, device: String },
+    #[error("the planned platform is inconsistent")]
+    Platform(#[from] PlatformError),
 }
 
 /// The guest platform for a configuration already validated for `arch`, on the host described
-/// (its `devices` in configuration order).
+/// (its `devices` in configuration order), checked once for every encoder.
 pub fn platform(
     config: &VmConfig,
     arch: HostArch,
     host: &HostDescription,
-) -> Result<Platform, PlanError> {
+) -> Result<CheckedPlatform, PlanError> {
     let mut platform = match arch {
         HostArch::Aarch64 => aarch64(config),
         HostArch::X86_64 => x86_64(config),
@@ -44,14 +54,15 @@ pub fn platform(
         ),
         IommuMode::NestedSmmuv3 => nested_assignment(config, host, platform.memory_end())?,
     };
-    platform.pci_bridges = pci_topology(config, arch, &host.devices, &bridge_of);
+    platform.pci_bridges = pci_topology(config, arch, &host.devices, &bridge_of)?;
     platform.smmus = smmus;
-    Ok(platform)
+    Ok(platform.check()?)
 }
 
 /// With nested vSMMUs, devices are grouped by the host SMMU they sit behind: group `i` (in host
-/// SMMU name order) gets bridge `i` and vSMMU `i`; devices behind no SMMUv3 share one more bridge
-/// without a vSMMU.
+/// SMMU name order) gets bridge `i` and vSMMU `i`; devices behind no IOMMU share one more bridge
+/// without a vSMMU. A device behind an IOMMU the description does not list as an SMMUv3 is
+/// refused: it would silently lose the translation asked for.
 fn nested_assignment(
     config: &VmConfig,
     host: &HostDescription,
@@ -65,9 +76,22 @@ fn nested_assignment(
     let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     let mut plain = Vec::new();
     for i in 0..config.devices.len() {
-        match smmu_of(i) {
-            Some(smmu) => groups.entry(smmu.name.as_str()).or_default().push(i),
-            None => plain.push(i),
+        match (smmu_of(i), host.devices.get(i)) {
+            (Some(smmu), _) => groups.entry(smmu.name.as_str()).or_default().push(i),
+            (
+                None,
+                Some(HostDevice {
+                    bdf,
+                    iommu: Some(iommu),
+                    ..
+                }),
+            ) => {
+                return Err(PlanError::UnlistedIommu {
+                    device: bdf.to_string(),
+                    iommu: iommu.clone(),
+                });
+            }
+            (None, _) => plain.push(i),
         }
     }
     let count = groups.len() + usize::from(!plain.is_empty());
@@ -171,8 +195,9 @@ fn pci_layout(arch: HostArch) -> PciLayout {
 pub const ROOT_BUS: u8 = 0;
 
 /// Devices sit directly on their bridge's root bus, in configuration order, from slot 1 (slot 0
-/// is the emulated host bridge).
+/// is the emulated host bridge) to slot 31.
 pub const FIRST_DEVICE_SLOT: u8 = 1;
+pub const MAX_DEVICES_PER_BRIDGE: usize = 32 - FIRST_DEVICE_SLOT as usize;
 
 /// The PCI host bridges: every declared bridge and every bridge a device names, each its own
 /// segment numbered by its id, with fixed windows per id so adding a bridge moves no other.
@@ -181,7 +206,7 @@ fn pci_topology(
     arch: HostArch,
     devices: &[HostDevice],
     bridge_of: &[u16],
-) -> Vec<PciBridge> {
+) -> Result<Vec<PciBridge>, PlanError> {
     let layout = pci_layout(arch);
     let ids: BTreeSet<u16> = config
         .pci_bridges
@@ -200,33 +225,7 @@ fn pci_topology(
                 .find(|b| b.id == id)
                 .and_then(|b| b.mmio64_size)
                 .map_or(slot64, |s| s.0);
-            let msi_base = layout
-                .msi_segment_shift
-                .map_or(0, |shift| u32::from(id) << shift);
-            let functions = config
-                .devices
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| bridge_of[*i] == id)
-                .enumerate()
-                .map(|(n, (index, _))| {
-                    let device = FIRST_DEVICE_SLOT + n as u8;
-                    let rid = u16::from(device) << 3;
-                    PciFunction {
-                        bus: ROOT_BUS,
-                        device,
-                        function: 0,
-                        rid,
-                        // Offset in the bridge's RID span, which starts at its first bus.
-                        msi_device_id: msi_base + u32::from(rid) - (u32::from(ROOT_BUS) << 8),
-                        label: devices.get(index).map_or_else(
-                            || config.devices[index].vfio.to_string(),
-                            |h| h.bdf.to_string(),
-                        ),
-                    }
-                })
-                .collect();
-            PciBridge {
+            let mut bridge = PciBridge {
                 segment: id,
                 bus_start: ROOT_BUS,
                 bus_end: ROOT_BUS,
@@ -236,10 +235,28 @@ fn pci_topology(
                 ),
                 mmio32: GuestRange::new(layout.mmio32.base + index * slot32, slot32),
                 mmio64: GuestRange::new(layout.mmio64_region.base + index * slot64, mmio64_size),
-                msi_base,
+                msi_base: layout
+                    .msi_segment_shift
+                    .map_or(0, |shift| u32::from(id) << shift),
                 intx: (layout.intx)(id),
-                functions,
+                functions: Vec::new(),
+            };
+            let members = (0..config.devices.len()).filter(|&i| bridge_of[i] == id);
+            for (n, i) in members.enumerate() {
+                let label = devices
+                    .get(i)
+                    .map_or_else(|| config.devices[i].vfio.to_string(), |h| h.bdf.to_string());
+                if n >= MAX_DEVICES_PER_BRIDGE {
+                    return Err(PlanError::BridgeFull {
+                        segment: id,
+                        device: label,
+                    });
+                }
+                let device = FIRST_DEVICE_SLOT + n as u8;
+                let function = bridge.function(ROOT_BUS, device, 0, label);
+                bridge.functions.push(function);
             }
+            Ok(bridge)
         })
         .collect()
 }
@@ -412,5 +429,106 @@ mod tests {
         assert_eq!(b.intx, [20, 21, 22, 23]);
         assert!(b.ecam.base >= arch::x86_64::layout::PCI_ECAM_REGION.base);
         assert!(b.mmio32.end() <= arch::x86_64::layout::PCI_ECAM_REGION.base);
+    }
+
+    /// A host with `n` devices, device `i` behind `iommus[i % iommus.len()]`, and the SMMUv3s
+    /// `smmus` (with the IDRs of a host that can back a vSMMU).
+    fn nested_host(n: usize, iommus: &[&str], smmus: &[&str]) -> (VmConfig, HostDescription) {
+        let mut c = config(1, 256);
+        c.iommu = IommuMode::NestedSmmuv3;
+        let bdf = |i: usize| format!("0000:{:02x}:{:02x}.0", 0x10 + i / 32, i % 32);
+        c.devices = (0..n)
+            .map(|i| format!("vfio={}", bdf(i)).parse().unwrap())
+            .collect();
+        let host = HostDescription {
+            devices: (0..n)
+                .map(|i| HostDevice {
+                    index: i,
+                    bdf: bdf(i).parse().unwrap(),
+                    sysfs: Default::default(),
+                    cdev: Default::default(),
+                    iommu: Some(iommus[i % iommus.len()].to_string()),
+                })
+                .collect(),
+            smmus: smmus
+                .iter()
+                .map(|name| HostSmmu {
+                    name: name.to_string(),
+                    idr: [222564379, 41091088, 0, 5140, 0, 116],
+                    iidr: 0,
+                    aidr: 1,
+                    flags: 0,
+                })
+                .collect(),
+        };
+        (c, host)
+    }
+
+    #[test]
+    fn forty_devices_behind_two_host_smmus_get_a_bridge_each() {
+        let smmus = ["smmu3.0xc000000", "smmu3.0xc020000"];
+        let (c, host) = nested_host(40, &smmus, &smmus);
+        let p = platform(&c, HostArch::Aarch64, &host).unwrap();
+        let counts: Vec<usize> = p.pci_bridges.iter().map(|b| b.functions.len()).collect();
+        assert_eq!(counts, [20, 20]);
+        for bridge in &p.pci_bridges {
+            let smmu = p.smmu_for(bridge).expect("every bridge has its vSMMU");
+            assert_eq!(p.bridge_for(smmu), Some(bridge));
+        }
+    }
+
+    #[test]
+    fn a_bridge_holds_31_devices_and_the_plan_names_the_32nd() {
+        // Behind one host SMMU, all on its bridge.
+        let smmu = ["smmu3.0xc000000"];
+        let (c, host) = nested_host(31, &smmu, &smmu);
+        platform(&c, HostArch::Aarch64, &host).unwrap();
+        let (c, host) = nested_host(32, &smmu, &smmu);
+        let err = platform(&c, HostArch::Aarch64, &host).unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::BridgeFull {
+                segment: 0,
+                device: "0000:10:1f.0".into()
+            }
+        );
+        assert!(
+            err.to_string()
+                .contains("PCI bridge 0 already holds 31 devices, all it can: 0000:10:1f.0"),
+            "{err}"
+        );
+        // Without an IOMMU the configuration places them.
+        let mut c = config(1, 256);
+        c.devices = (0..32)
+            .map(|i| format!("vfio=0000:10:{i:02x}.0,bridge=5").parse().unwrap())
+            .collect();
+        let err = platform(&c, HostArch::X86_64, &HostDescription::default()).unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::BridgeFull {
+                segment: 5,
+                device: "0000:10:1f.0".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_device_behind_an_unlisted_iommu_is_refused_by_name() {
+        let listed = ["smmu3.0xc000000"];
+        let (c, host) = nested_host(2, &["smmu3.0xc000000", "smmu.0xd000000"], &listed);
+        let err = platform(&c, HostArch::Aarch64, &host).unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::UnlistedIommu {
+                device: "0000:10:01.0".into(),
+                iommu: "smmu.0xd000000".into()
+            }
+        );
+        // A device behind no IOMMU still gets the bridge without a vSMMU.
+        let (c, mut host) = nested_host(2, &listed, &listed);
+        host.devices[1].iommu = None;
+        let p = platform(&c, HostArch::Aarch64, &host).unwrap();
+        assert_eq!(p.pci_bridges.len(), 2);
+        assert!(p.smmu_for(&p.pci_bridges[1]).is_none());
     }
 }

@@ -316,3 +316,154 @@ fn three_vsmmus_in_the_iort_and_the_device_tree() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// `--dry-run --dump-platform` of `host_file` with `devices`, booting through `boot`: the exit
+/// status, the stderr and the dump directory.
+fn dump_nested(
+    host_file: &str,
+    devices: &[String],
+    boot: &str,
+) -> (Option<i32>, String, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "microvmm-{}-{boot}-{}",
+        host_file.trim_end_matches(".json"),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let kernel = repo().join("Cargo.toml");
+    let mut args = vec![
+        "--kernel".to_string(),
+        kernel.to_str().unwrap().to_string(),
+        "--boot".into(),
+        boot.into(),
+        "--iommu".into(),
+        "nested-smmuv3".into(),
+        "--dry-run".into(),
+        "--dump-platform".into(),
+        dir.to_str().unwrap().to_string(),
+        "--host-description".into(),
+        host(host_file),
+    ];
+    for d in devices {
+        args.extend(["--device".to_string(), format!("vfio={d}")]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = microvmm(&args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), err, dir)
+}
+
+/// The StreamIDs each IORT RMR node names, read from the table's bytes (the installed iasl
+/// cannot decode RMR nodes): IORT E.d node header and 20-byte ID mappings.
+fn rmr_stream_ids(iort: &[u8]) -> Vec<Vec<u32>> {
+    let u32_at = |at: usize| u32::from_le_bytes(iort[at..at + 4].try_into().unwrap());
+    let mut offset = u32_at(40) as usize;
+    let mut rmrs = Vec::new();
+    for _ in 0..u32_at(36) {
+        let len = usize::from(u16::from_le_bytes([iort[offset + 1], iort[offset + 2]]));
+        if iort[offset] == 6 {
+            let array = offset + u32_at(offset + 12) as usize;
+            let ids = (0..u32_at(offset + 8) as usize).flat_map(|i| {
+                let (base, count) = (u32_at(array + 20 * i + 8), u32_at(array + 20 * i + 4));
+                base..=base + count
+            });
+            rmrs.push(ids.collect());
+        }
+        offset += len;
+    }
+    rmrs
+}
+
+/// More functions in all than one bridge holds, behind two host SMMUs: the plan gives each SMMU
+/// its own bridge and vSMMU, and the IORT and the device tree carry all 40 functions.
+#[test]
+fn forty_functions_behind_two_host_smmus_reach_the_iort_and_the_device_tree() {
+    if !cfg!(target_arch = "aarch64") {
+        return;
+    }
+    let devices: Vec<String> = (0..40)
+        .map(|i| format!("0000:{:02x}:00.0", 0x10 + i))
+        .collect();
+    for boot in ["acpi", "dt"] {
+        let (status, err, dir) = dump_nested("two-smmus-40.json", &devices, boot);
+        assert_eq!(status, Some(0), "{err}");
+        let plan: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("plan.json")).unwrap()).unwrap();
+        let bridges = bridges(&plan);
+        assert_eq!(bridges.len(), 2, "{bridges:?}");
+        // Even devices are behind the first host SMMU, odd ones behind the second.
+        for (segment, labels) in &bridges {
+            let want: Vec<&String> = devices.iter().skip(*segment as usize).step_by(2).collect();
+            assert_eq!(labels.iter().collect::<Vec<_>>(), want);
+        }
+        let rids: Vec<Vec<u32>> = plan["platform"]["pci_bridges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                let functions = b["functions"].as_array().unwrap();
+                functions
+                    .iter()
+                    .map(|f| f["rid"].as_u64().unwrap() as u32)
+                    .collect()
+            })
+            .collect();
+        if boot == "acpi" {
+            let decoded = Command::new("iasl")
+                .args(["-d", "IORT.aml"])
+                .current_dir(&dir)
+                .output()
+                .unwrap();
+            assert!(decoded.status.success());
+            let dsl = std::fs::read_to_string(dir.join("IORT.dsl")).unwrap();
+            assert_eq!(
+                dsl.matches("Type : 04").count(),
+                2,
+                "SMMUv3 nodes in\n{dsl}"
+            );
+            assert_eq!(
+                dsl.matches("Type : 02").count(),
+                2,
+                "root complexes in\n{dsl}"
+            );
+            // Each vSMMU's RMR names exactly its bridge's functions' StreamIDs (= RIDs).
+            let iort = std::fs::read(dir.join("IORT.aml")).unwrap();
+            assert_eq!(rmr_stream_ids(&iort), rids);
+        } else {
+            let dts = Command::new("dtc")
+                .args(["-I", "dtb", "-O", "dts", "guest.dtb"])
+                .current_dir(&dir)
+                .output()
+                .unwrap();
+            let dts = String::from_utf8_lossy(&dts.stdout);
+            assert_eq!(dts.matches("\"arm,smmu-v3\"").count(), 2, "{dts}");
+            assert_eq!(dts.matches("iommu-map = ").count(), 2, "{dts}");
+            // A node per function behind a vSMMU, each named by the MSI window's
+            // iommu-addresses (six cells an entry).
+            assert_eq!(dts.matches("dev@").count(), 40, "{dts}");
+            let addresses = dts
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("iommu-addresses = <"))
+                .expect("the MSI window names the functions");
+            assert_eq!(addresses.split_whitespace().count(), 40 * 6, "{addresses}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn a_device_behind_an_unlisted_iommu_is_refused_by_name() {
+    if !cfg!(target_arch = "aarch64") {
+        return;
+    }
+    let devices = ["0000:02:00.0".to_string(), "0000:05:00.0".to_string()];
+    let (status, err, dir) = dump_nested("unlisted-iommu.json", &devices, "acpi");
+    assert_eq!(status, Some(2), "{err}");
+    assert!(
+        err.contains(
+            "0000:05:00.0 is behind host IOMMU smmu.0x000000000d000000, which is no SMMUv3"
+        ),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -41,7 +41,7 @@ use thiserror::Error;
 use vm_fdt::FdtWriter;
 
 use crate::acpi::{self, AcpiError, AcpiTables, Cursor};
-use crate::platform::{FirmwareInterface, GuestArch, GuestRange, Platform};
+use crate::platform::{CheckedPlatform, FirmwareInterface, GuestArch, GuestRange};
 
 /// UEFI's page size: descriptors count 4 KiB pages, whatever granule the kernel uses.
 pub const EFI_PAGE_SIZE: u64 = 0x1000;
@@ -219,13 +219,6 @@ pub enum EfiError {
         what: &'static str,
         range: GuestRange,
     },
-    #[error("the platform has no memory")]
-    NoMemory,
-    #[error(
-        "guest RAM regions {:#x}+{:#x} and {:#x}+{:#x} overlap",
-        .0.base, .0.size, .1.base, .1.size
-    )]
-    OverlappingRam(GuestRange, GuestRange),
     #[error("the firmware region {:#x}+{:#x} is not inside one guest RAM region", .0.base, .0.size)]
     FirmwareRegionOutsideRam(GuestRange),
     #[error(
@@ -233,15 +226,13 @@ pub enum EfiError {
         area.base, area.size
     )]
     RsdpOutsideAcpiArea { rsdp: u64, area: GuestRange },
-    #[error("the initrd {:#x}+{:#x} wraps around the address space", .0.base, .0.size)]
-    InitrdOverflow(GuestRange),
     #[error("cannot build the ACPI tables")]
     Acpi(#[source] AcpiError),
     #[error("cannot encode the stub device tree")]
     Fdt(#[from] vm_fdt::Error),
 }
 
-fn check_platform(platform: &Platform) -> Result<(), EfiError> {
+fn check_platform(platform: &CheckedPlatform) -> Result<(), EfiError> {
     if platform.arch != GuestArch::Aarch64 {
         return Err(EfiError::WrongArch(platform.arch));
     }
@@ -284,25 +275,15 @@ pub fn split_firmware_region(region: GuestRange) -> Result<(GuestRange, GuestRan
 /// The memory map: every RAM range conventional memory, except `reserved`, which must lie in one
 /// of them and becomes ACPI reclaim memory. All write-back, ascending.
 pub fn memory_map(
-    platform: &Platform,
+    platform: &CheckedPlatform,
     reserved: GuestRange,
 ) -> Result<Vec<MemoryDescriptor>, EfiError> {
-    if platform.memory.is_empty() {
-        return Err(EfiError::NoMemory);
-    }
     check_page_aligned("the firmware region", reserved)?;
     let reserved_end = end_of("the firmware region", reserved)?;
     let mut ram = platform.memory.clone();
     ram.sort_by_key(|r| r.base);
     for r in &ram {
         check_page_aligned("guest RAM region", *r)?;
-    }
-    for pair in ram.windows(2) {
-        if let [a, b] = pair
-            && a.overlaps(b)
-        {
-            return Err(EfiError::OverlappingRam(*a, *b));
-        }
     }
 
     let mut descriptors = Vec::with_capacity(ram.len() + 2);
@@ -339,7 +320,11 @@ pub fn memory_map(
 /// Lays out the EFI structures in the last [`EFI_AREA_SIZE`] bytes of the firmware `region`, whose
 /// front holds the ACPI tables with the RSDP at `rsdp`; the memory map covers all guest RAM with
 /// the whole `region` carved out as ACPI reclaim memory.
-pub fn handoff(platform: &Platform, region: GuestRange, rsdp: u64) -> Result<EfiHandoff, EfiError> {
+pub fn handoff(
+    platform: &CheckedPlatform,
+    region: GuestRange,
+    rsdp: u64,
+) -> Result<EfiHandoff, EfiError> {
     check_platform(platform)?;
     let (acpi_area, efi_area) = split_firmware_region(region)?;
     if !acpi_area.contains(rsdp) {
@@ -457,7 +442,10 @@ pub fn handoff(platform: &Platform, region: GuestRange, rsdp: u64) -> Result<Efi
 }
 
 /// A device tree with nothing but `/chosen`: the command line, the initrd and the EFI handoff.
-pub fn stub_device_tree(platform: &Platform, handoff: &EfiHandoff) -> Result<Vec<u8>, EfiError> {
+pub fn stub_device_tree(
+    platform: &CheckedPlatform,
+    handoff: &EfiHandoff,
+) -> Result<Vec<u8>, EfiError> {
     check_platform(platform)?;
     let mut fdt = FdtWriter::new()?;
     let root = fdt.begin_node("")?;
@@ -467,12 +455,8 @@ pub fn stub_device_tree(platform: &Platform, handoff: &EfiHandoff) -> Result<Vec
     let chosen = fdt.begin_node("chosen")?;
     fdt.property_string("bootargs", &platform.cmdline)?;
     if let Some(initrd) = platform.initrd {
-        let end = initrd
-            .base
-            .checked_add(initrd.size)
-            .ok_or(EfiError::InitrdOverflow(initrd))?;
         fdt.property_u64("linux,initrd-start", initrd.base)?;
-        fdt.property_u64("linux,initrd-end", end)?;
+        fdt.property_u64("linux,initrd-end", initrd.end())?;
     }
     let map_size = u32::try_from(handoff.memory_map.size).map_err(|_| EfiError::Overflow {
         what: "the EFI memory map",
@@ -492,7 +476,10 @@ pub fn stub_device_tree(platform: &Platform, handoff: &EfiHandoff) -> Result<Vec
 
 /// Builds the ACPI tables in the front of `firmware_region`, the EFI handoff in its end, and the
 /// stub device tree: everything an ACPI boot writes.
-pub fn acpi_boot(platform: &Platform, firmware_region: GuestRange) -> Result<AcpiBoot, EfiError> {
+pub fn acpi_boot(
+    platform: &CheckedPlatform,
+    firmware_region: GuestRange,
+) -> Result<AcpiBoot, EfiError> {
     check_platform(platform)?;
     let (acpi_area, _) = split_firmware_region(firmware_region)?;
     let tables = acpi::build(platform, acpi_area).map_err(EfiError::Acpi)?;
@@ -530,9 +517,15 @@ mod tests {
     use super::*;
     use crate::aarch64::layout;
     use crate::acpi::testutil::*;
+    use crate::platform::Platform;
+
+    /// `platform`, which must pass the check.
+    fn checked(platform: &Platform) -> CheckedPlatform {
+        platform.clone().check().expect("a valid platform")
+    }
 
     fn boot() -> AcpiBoot {
-        acpi_boot(&aarch64_platform(4), aarch64_firmware_region()).unwrap()
+        acpi_boot(&checked(&aarch64_platform(4)), aarch64_firmware_region()).unwrap()
     }
 
     fn blob<'a>(handoff: &'a EfiHandoff, name: &str) -> &'a EfiBlob {
@@ -692,7 +685,7 @@ mod tests {
         // Unsorted on purpose, with the firmware region at the very top of the second.
         platform.memory = vec![high, AARCH64_RAM];
         let fw = GuestRange::new(high.end() - 2 * MIB, 2 * MIB);
-        let efi = handoff(&platform, fw, fw.base).unwrap();
+        let efi = handoff(&checked(&platform), fw, fw.base).unwrap();
         let kinds: Vec<(EfiMemoryType, GuestRange)> = efi
             .descriptors
             .iter()
@@ -815,7 +808,7 @@ mod tests {
     fn stub_device_tree_without_initrd() {
         let mut platform = aarch64_platform(1);
         platform.initrd = None;
-        let boot = acpi_boot(&platform, aarch64_firmware_region()).unwrap();
+        let boot = acpi_boot(&checked(&platform), aarch64_firmware_region()).unwrap();
         let dts = dtc_decode(&boot.stub_dtb);
         assert!(!dts.contains("linux,initrd"), "{dts}");
         assert!(dts.contains("linux,uefi-system-table"));
@@ -840,22 +833,22 @@ mod tests {
         let fw = aarch64_firmware_region();
         let x86 = x86_platform(1);
         assert!(matches!(
-            acpi_boot(&x86, fw),
+            acpi_boot(&checked(&x86), fw),
             Err(EfiError::WrongArch(GuestArch::X86_64))
         ));
         assert!(matches!(
-            handoff(&x86, fw, fw.base),
+            handoff(&checked(&x86), fw, fw.base),
             Err(EfiError::WrongArch(_))
         ));
         let good = boot();
         assert!(matches!(
-            stub_device_tree(&x86, &good.efi),
+            stub_device_tree(&checked(&x86), &good.efi),
             Err(EfiError::WrongArch(_))
         ));
 
         let mut dt = aarch64_platform(1);
         dt.firmware = FirmwareInterface::DeviceTree;
-        let err = acpi_boot(&dt, fw).unwrap_err();
+        let err = acpi_boot(&checked(&dt), fw).unwrap_err();
         assert!(matches!(err, EfiError::WrongFirmware(_)));
         assert!(err.to_string().contains("DeviceTree"), "{err}");
     }
@@ -867,68 +860,60 @@ mod tests {
 
         let tiny = GuestRange::new(fw.base, EFI_AREA_SIZE);
         assert!(matches!(
-            acpi_boot(&platform, tiny),
+            acpi_boot(&checked(&platform), tiny),
             Err(EfiError::RegionTooSmall { .. })
         ));
         // Room for the EFI area, one page for the ACPI tables: too little for 123 vCPUs' MADT.
         let mut big = aarch64_platform(layout::MAX_VCPUS);
         big.initrd = None;
         let one_page = GuestRange::new(fw.base, EFI_AREA_SIZE + EFI_PAGE_SIZE);
-        let err = acpi_boot(&big, one_page).unwrap_err();
+        let err = acpi_boot(&checked(&big), one_page).unwrap_err();
         assert!(
             matches!(err, EfiError::Acpi(AcpiError::RegionTooSmall { .. })),
             "{err:?}"
         );
 
         assert!(matches!(
-            acpi_boot(&platform, GuestRange::new(fw.base + 8, fw.size)),
+            acpi_boot(&checked(&platform), GuestRange::new(fw.base + 8, fw.size)),
             Err(EfiError::Misaligned { .. })
         ));
         // Outside RAM, or straddling its end.
         let outside = GuestRange::new(AARCH64_RAM.end(), fw.size);
         assert!(matches!(
-            acpi_boot(&platform, outside),
+            acpi_boot(&checked(&platform), outside),
             Err(EfiError::FirmwareRegionOutsideRam(_))
         ));
         let straddling = GuestRange::new(AARCH64_RAM.end() - MIB, fw.size);
         assert!(matches!(
-            acpi_boot(&platform, straddling),
+            acpi_boot(&checked(&platform), straddling),
             Err(EfiError::FirmwareRegionOutsideRam(_))
         ));
         assert!(matches!(
-            handoff(&platform, fw, fw.end() - 0x100),
+            handoff(&checked(&platform), fw, fw.end() - 0x100),
             Err(EfiError::RsdpOutsideAcpiArea { .. })
         ));
         assert!(matches!(
-            acpi_boot(&platform, GuestRange::new(u64::MAX - 0xfff, 0x20_0000)),
+            acpi_boot(
+                &checked(&platform),
+                GuestRange::new(u64::MAX - 0xfff, 0x20_0000)
+            ),
             Err(EfiError::Misaligned { .. } | EfiError::Overflow { .. })
         ));
     }
 
     #[test]
-    fn rejects_bad_ram() {
+    fn rejects_ram_it_cannot_describe() {
+        // The check refuses overlapping RAM and none at all; EFI descriptors count pages.
         let fw = aarch64_firmware_region();
-        let mut p = aarch64_platform(1);
-        p.memory = vec![
-            AARCH64_RAM,
-            GuestRange::new(AARCH64_RAM.end() - MIB, 4 * MIB),
-        ];
-        assert!(matches!(
-            acpi_boot(&p, fw),
-            Err(EfiError::OverlappingRam(..))
-        ));
         let mut p = aarch64_platform(1);
         p.memory = vec![GuestRange::new(AARCH64_RAM.base, AARCH64_RAM.size + 0x10)];
         assert!(matches!(
-            acpi_boot(&p, fw),
+            acpi_boot(&checked(&p), fw),
             Err(EfiError::Misaligned {
                 what: "guest RAM region",
                 ..
             })
         ));
-        let mut p = aarch64_platform(1);
-        p.memory.clear();
-        assert!(matches!(acpi_boot(&p, fw), Err(EfiError::NoMemory)));
     }
 
     #[test]
@@ -936,7 +921,7 @@ mod tests {
         let mut p = aarch64_platform(1);
         p.cmdline = "console=ttyS0\0evil".into();
         assert!(matches!(
-            acpi_boot(&p, aarch64_firmware_region()),
+            acpi_boot(&checked(&p), aarch64_firmware_region()),
             Err(EfiError::Fdt(_))
         ));
     }

@@ -48,6 +48,11 @@ pub const MAX_PCI_BRIDGES: u32 = 16;
 /// As many vCPUs as redistributors fit below the UART.
 pub const MAX_VCPUS: u32 = ((UART.base - GIC_REDIST_BASE) / GIC_REDIST_STRIDE) as u32;
 
+/// GIC interrupt IDs: PPIs are 16..32 (PPI numbers 0..16), SPIs start at 32.
+pub const GIC_PPI_BASE: u32 = 16;
+pub const GIC_NR_PPIS: u32 = 16;
+pub const GIC_SPI_BASE: u32 = 32;
+
 /// The UART's SPI (interrupt ID 33).
 pub const UART_SPI: u32 = 1;
 /// Interrupt IDs KVM's vGIC is created with: 32 private + 224 SPIs.

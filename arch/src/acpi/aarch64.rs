@@ -8,18 +8,11 @@ use acpi_tables::{Aml, AmlSink};
 
 use super::encode::{self, RawAml};
 use super::iort::{self, IdMapping, Iort, Node, NodeRef};
-use super::pci::{self, PciHost};
-use super::{AcpiError, ArchTables, Encoded, OEM_ID, OEM_REVISION, OEM_TABLE_ID};
-use crate::aarch64::{fdt, layout};
+use super::{ArchTables, Encoded, OEM_ID, OEM_REVISION, OEM_TABLE_ID, pci};
+use crate::aarch64::layout;
 use crate::platform::{
-    ArchTimer, GuestArch, GuestRange, InterruptController, PciBridge, Platform, PowerControl,
-    RegisterSpace, VirtualSmmu,
+    Aarch64Parts, ArchTimer, CheckedPlatform, Gic, IdRange, MmioUart, PciBridge, VirtualSmmu,
 };
-
-/// PPIs are interrupt IDs 16..32, SPIs start at 32: a GSIV is the interrupt ID (§5.2.12.14).
-pub const PPI_BASE: u32 = 16;
-pub const NR_PPIS: u32 = 16;
-pub const SPI_BASE: u32 = 32;
 
 /// FADT `ARM_BOOT_ARCH` flags (§5.2.9.4).
 pub const ARM_BOOT_PSCI_COMPLIANT: u16 = 1 << 0;
@@ -53,6 +46,9 @@ const GTDT_NO_COUNTER_BLOCK: u64 = u64::MAX;
 /// (the device tree's `always-on`: KVM's timers keep counting while a vCPU is in WFI).
 pub const GTDT_TIMER_ALWAYS_ON: u32 = 1 << 2;
 
+/// The UART's register window as the address map reserves it (the device tree's too).
+const UART_SIZE: u32 = layout::UART.size as u32;
+
 /// SPCR revision 2, as Microsoft's SPCR specification defines it for 16550-compatible UARTs.
 pub const SPCR_REVISION: u8 = 2;
 /// Interface type: "full 16550 compatible" (DBG2 serial port subtype 0x0000).
@@ -67,182 +63,25 @@ const SPCR_TERMINAL_ANSI: u8 = 3;
 /// PCI device and vendor ID of a UART that is not a PCI device.
 const SPCR_NOT_PCI: u16 = 0xffff;
 
-/// The GICv3 as the tables describe it.
-struct Gic {
-    distributor: GuestRange,
-    redistributors: GuestRange,
-    redistributors_len: u32,
-    its: GuestRange,
-}
-
-/// The memory-mapped 16550.
-struct Uart {
-    base: u32,
-    size: u32,
-    gsiv: u32,
-    clock_hz: u32,
-}
-
-/// The parts of the platform the tables need, checked once so that table functions only encode.
-struct Machine<'a> {
-    vcpus: u32,
-    gic: Gic,
-    timer: ArchTimer,
-    uart: Option<Uart>,
-    pci: Vec<PciHost<'a>>,
-    /// Checked by [`fdt::check_smmus`], in index order (IORT node order).
-    smmus: Vec<&'a VirtualSmmu>,
-}
-
-impl<'a> Machine<'a> {
-    fn new(platform: &'a Platform) -> Result<Self, AcpiError> {
-        let arch = GuestArch::Aarch64;
-        if platform.power != PowerControl::PsciHvc {
-            return Err(AcpiError::PowerControl {
-                arch,
-                power: platform.power,
-            });
-        }
-        if platform.vcpus == 0 {
-            return Err(AcpiError::NoVcpus);
-        }
-        let InterruptController::GicV3 {
-            distributor,
-            redistributors,
-            redistributor_stride,
-            its,
-            nr_irqs,
-        } = platform.interrupt_controller
-        else {
-            return Err(AcpiError::InterruptController {
-                arch,
-                what: "x86 APIC",
-            });
-        };
-        if redistributor_stride == 0 || !redistributor_stride.is_multiple_of(0x1_0000) {
-            return Err(AcpiError::BadRedistributorStride(redistributor_stride));
-        }
-        let needed = u128::from(platform.vcpus) * u128::from(redistributor_stride);
-        if needed > u128::from(redistributors.size) {
-            return Err(AcpiError::RedistributorsTooSmall {
-                vcpus: platform.vcpus,
-                stride: redistributor_stride,
-                needed,
-                size: redistributors.size,
-            });
-        }
-        let redistributors_len =
-            u32::try_from(redistributors.size).map_err(|_| AcpiError::SizeTooLarge {
-                what: "the GIC redistributor region",
-                size: redistributors.size,
-            })?;
-
-        let timer = platform.timer.ok_or(AcpiError::MissingTimer)?;
-        for ppi in [
-            timer.secure_phys_ppi,
-            timer.nonsecure_phys_ppi,
-            timer.virt_ppi,
-            timer.hyp_ppi,
-        ] {
-            if ppi >= NR_PPIS {
-                return Err(AcpiError::InterruptOutOfRange {
-                    what: "timer PPI",
-                    irq: ppi,
-                    limit: NR_PPIS,
-                });
-            }
-        }
-
-        let uart = match platform.serial {
-            None => None,
-            Some(serial) => {
-                let RegisterSpace::Mmio(base) = serial.registers else {
-                    return Err(AcpiError::SerialRegisters {
-                        arch,
-                        registers: serial.registers,
-                    });
-                };
-                // The address map reserves the UART's window; the device tree uses the same.
-                let size = layout::UART.size;
-                let fits = base.checked_add(size).is_some_and(|end| end <= 1 << 32);
-                let (Ok(base), Ok(size), true) = (u32::try_from(base), u32::try_from(size), fits)
-                else {
-                    return Err(AcpiError::AddressAbove4G {
-                        what: "the serial port",
-                        address: base,
-                    });
-                };
-                let gsiv = serial
-                    .irq
-                    .checked_add(SPI_BASE)
-                    .filter(|&id| id < nr_irqs)
-                    .ok_or(AcpiError::InterruptOutOfRange {
-                        what: "serial SPI",
-                        irq: serial.irq,
-                        limit: nr_irqs.saturating_sub(SPI_BASE),
-                    })?;
-                Some(Uart {
-                    base,
-                    size,
-                    gsiv,
-                    clock_hz: serial.clock_hz,
-                })
-            }
-        };
-
-        // INTx lines are SPIs; a GSIV is the interrupt ID.
-        let pci = pci::check_bridges(&platform.pci_bridges, |_, spi| {
-            spi.checked_add(SPI_BASE).filter(|&id| id < nr_irqs).ok_or(
-                AcpiError::InterruptOutOfRange {
-                    what: "PCI INTx SPI",
-                    irq: spi,
-                    limit: nr_irqs.saturating_sub(SPI_BASE),
-                },
-            )
-        })?;
-        fdt::check_smmus(platform, nr_irqs)?;
-        let mut smmus: Vec<&VirtualSmmu> = platform.smmus.iter().collect();
-        smmus.sort_by_key(|s| s.index);
-
-        Ok(Machine {
-            vcpus: platform.vcpus,
-            gic: Gic {
-                distributor,
-                redistributors,
-                redistributors_len,
-                its,
-            },
-            timer,
-            uart,
-            pci,
-            smmus,
-        })
-    }
-
-    /// The vSMMUv3 in front of `bridge`, if any.
-    fn smmu_of(&self, bridge: &PciBridge) -> Option<&'a VirtualSmmu> {
-        self.smmus
-            .iter()
-            .copied()
-            .find(|s| s.segment == bridge.segment)
-    }
-}
-
-pub(super) fn tables(platform: &Platform) -> Result<ArchTables, AcpiError> {
-    let machine = Machine::new(platform)?;
-    let mut listed = vec![madt(&machine), gtdt(&machine.timer)];
-    if let Some(uart) = &machine.uart {
+pub(super) fn tables(platform: &CheckedPlatform, arm: &Aarch64Parts) -> ArchTables {
+    let mut listed = vec![madt(platform.vcpus, &arm.gic), gtdt(&arm.timer)];
+    if let Some(uart) = &arm.uart {
         listed.push(spcr(uart));
     }
-    listed.push(super::mcfg(&super::ecam_windows(&machine.pci)));
-    if !machine.pci.is_empty() {
-        listed.push(iort(&machine));
+    listed.push(super::mcfg(&super::ecam_windows(&platform.pci_bridges)));
+    if !platform.pci_bridges.is_empty() {
+        listed.push(iort(platform));
     }
-    Ok(ArchTables {
-        dsdt: dsdt(&machine),
+    ArchTables {
+        dsdt: dsdt(platform, arm),
         fadt: Box::new(fadt),
         listed,
-    })
+    }
+}
+
+/// The GSIV of an SPI: its interrupt ID (§5.2.12.14).
+fn gsiv(spi: u32) -> u32 {
+    spi + layout::GIC_SPI_BASE
 }
 
 /// Hardware-reduced (no fixed ACPI hardware on Arm), PSCI through HVC for CPU on/off and reset.
@@ -257,14 +96,14 @@ fn fadt(dsdt: u64) -> Encoded {
     }
 }
 
-fn dsdt(machine: &Machine) -> Encoded {
+fn dsdt(platform: &CheckedPlatform, arm: &Aarch64Parts) -> Encoded {
     let mut devices = Vec::new();
-    if let Some(uart) = &machine.uart {
+    if let Some(uart) = &arm.uart {
         devices.push(uart_device(uart));
     }
-    for host in &machine.pci {
-        let preserve_config = machine.smmu_of(host.bridge).is_some();
-        devices.push(pci::root_bridge_device(host, true, preserve_config));
+    for bridge in &platform.pci_bridges {
+        let preserve_config = platform.smmu_for(bridge).is_some();
+        devices.push(pci::root_bridge_device(bridge, gsiv, true, preserve_config));
     }
     let aml = encode::system_bus(&devices);
     encode::table(*b"DSDT", DSDT_REVISION, &aml.0)
@@ -273,9 +112,9 @@ fn dsdt(machine: &Machine) -> Encoded {
 /// The UART as `PNP0501`, with the same register layout the device tree gives it (byte-wide
 /// registers, no shift) and the interrupt edge-triggered, active high, as there: microvmm raises
 /// it through a KVM irqfd, which pulses the line.
-fn uart_device(uart: &Uart) -> RawAml {
-    let registers = aml::Memory32Fixed::new(true, uart.base, uart.size);
-    let interrupt = aml::Interrupt::new(true, true, false, false, uart.gsiv);
+fn uart_device(uart: &MmioUart) -> RawAml {
+    let registers = aml::Memory32Fixed::new(true, uart.base, UART_SIZE);
+    let interrupt = aml::Interrupt::new(true, true, false, false, gsiv(uart.spi));
     encode::pnp0501_device(
         "COM0",
         vec![&registers, &interrupt],
@@ -289,12 +128,11 @@ fn uart_device(uart: &Uart) -> RawAml {
 
 /// GICv3: one GICC per vCPU (MPIDR as KVM assigns it), the GICD, one GICR discovery range
 /// covering every redistributor, and the ITS.
-fn madt(machine: &Machine) -> Encoded {
-    let gic = &machine.gic;
+fn madt(vcpus: u32, gic: &Gic) -> Encoded {
     let mut body = Vec::new();
     body.dword(0); // Local interrupt controller address: none on Arm.
     body.dword(0); // Flags: no PC-AT 8259s.
-    for index in 0..machine.vcpus {
+    for index in 0..vcpus {
         gicc(&mut body, index);
     }
 
@@ -311,7 +149,8 @@ fn madt(machine: &Machine) -> Encoded {
     body.byte(GICR_LEN);
     body.word(0);
     body.qword(gic.redistributors.base);
-    body.dword(gic.redistributors_len);
+    // The check keeps the region below 4 GiB.
+    body.dword(gic.redistributors.size as u32);
 
     body.byte(MADT_GIC_ITS);
     body.byte(GIC_ITS_LEN);
@@ -324,59 +163,40 @@ fn madt(machine: &Machine) -> Encoded {
 }
 
 /// The ITS group (the MADT's one ITS), an SMMUv3 node per vSMMUv3, a root complex per host
-/// bridge and an RMR node per vSMMUv3, in that order; SMMUv3 nodes in index order, so with the
-/// plan's indices 0..n vSMMUv3 `i` is node identifier `1 + i`.
-///
-/// A bridge without a vSMMUv3 maps its RIDs straight to ITS device IDs `msi_base + RID -
-/// rid_base`, as the device tree's `msi-map` does. A bridge with one maps its RIDs to the same
-/// StreamIDs at the SMMU, and the SMMU maps those to the same device IDs as without it, so MSI
-/// routing (KVM's, the plan's `msi_device_id`) does not depend on the IOMMU.
-fn iort(machine: &Machine) -> Encoded {
+/// bridge and an RMR node per vSMMUv3, in that order; SMMUv3 nodes in index order, so vSMMUv3
+/// `i` is node identifier `1 + i`. Every ID mapping is one the plan's bridge gives: a bridge
+/// without a vSMMUv3 maps its RIDs straight to ITS device IDs, a bridge with one maps them to
+/// StreamIDs at the SMMU, which maps those on to the same device IDs.
+fn iort(platform: &CheckedPlatform) -> Encoded {
     let mut table = Iort::new();
     let its = table.add(Node::ItsGroup {
         its_ids: vec![GIC_ITS_ID],
     });
-    // check_smmus gave every vSMMUv3 a bridge of its own; in vSMMUv3 index order.
-    let mut behind: Vec<(&VirtualSmmu, &PciBridge)> = machine
-        .pci
-        .iter()
-        .filter_map(|h| Some((machine.smmu_of(h.bridge)?, h.bridge)))
-        .collect();
-    behind.sort_by_key(|(smmu, _)| smmu.index);
+    let mapping = |ids: IdRange, output| IdMapping {
+        input_base: ids.input_base,
+        count: ids.count,
+        output_base: ids.output_base,
+        output,
+    };
     let mut smmu_nodes: Vec<(&VirtualSmmu, &PciBridge, NodeRef)> = Vec::new();
-    for (smmu, bridge) in behind {
-        let (rid_base, rid_count) = bridge.rid_span();
-        let node = table.add(smmu_v3_node(
-            smmu,
-            IdMapping {
-                input_base: rid_base,
-                count: rid_count,
-                output_base: bridge.msi_base,
-                output: its,
-            },
-        ));
+    for smmu in &platform.smmus {
+        let Some(bridge) = platform.bridge_for(smmu) else {
+            continue;
+        };
+        let node = table.add(smmu_v3_node(smmu, mapping(bridge.smmu_msi_map(), its)));
         smmu_nodes.push((smmu, bridge, node));
     }
-    for host in &machine.pci {
-        let bridge = host.bridge;
-        let (rid_base, rid_count) = bridge.rid_span();
-        let behind = smmu_nodes
-            .iter()
-            .find(|(smmu, _, _)| smmu.segment == bridge.segment);
-        let (output_base, output) = match behind {
-            // StreamID = RID.
-            Some(&(_, _, smmu)) => (rid_base, smmu),
-            None => (bridge.msi_base, its),
+    for bridge in &platform.pci_bridges {
+        let smmu = platform.smmu_for(bridge);
+        let node = smmu.and_then(|s| smmu_nodes.iter().find(|(n, _, _)| n.index == s.index));
+        let to = match node {
+            Some(&(_, _, smmu)) => mapping(bridge.iommu_map(), smmu),
+            None => mapping(bridge.msi_map(), its),
         };
         table.add(Node::RootComplex {
             segment: bridge.segment,
             ats: 0,
-            mappings: vec![IdMapping {
-                input_base: rid_base,
-                count: rid_count,
-                output_base,
-                output,
-            }],
+            mappings: vec![to],
         });
     }
     for &(smmu, bridge, node) in &smmu_nodes {
@@ -392,7 +212,6 @@ fn iort(machine: &Machine) -> Encoded {
 /// its own, mapping 0 is for the streams" by giving all four GSIVs, so the PRI GSIV repeats the
 /// event queue's: Linux registers it as "priq" but requests it only for an SMMU with PRI.
 fn smmu_v3_node(smmu: &VirtualSmmu, to_its: IdMapping) -> Node {
-    let gsiv = |spi: u32| spi + SPI_BASE;
     Node::Smmuv3 {
         base: smmu.registers.base,
         flags: iort::SMMU_V3_COHACC_OVERRIDE,
@@ -413,17 +232,17 @@ fn smmu_v3_node(smmu: &VirtualSmmu, to_its: IdMapping) -> Node {
 /// a bypass STE for every StreamID an RMR names. `None` for a bridge without functions (Linux
 /// rejects an RMR without mappings).
 fn rmr_node(smmu: &VirtualSmmu, bridge: &PciBridge, node: NodeRef) -> Option<Node> {
-    let mut rids: Vec<u32> = bridge.functions.iter().map(|f| u32::from(f.rid)).collect();
-    rids.sort_unstable();
-    rids.dedup();
+    let mut streams: Vec<u32> = bridge.functions.iter().map(|f| f.stream_id()).collect();
+    streams.sort_unstable();
+    streams.dedup();
     let mut mappings: Vec<IdMapping> = Vec::new();
-    for rid in rids {
+    for sid in streams {
         match mappings.last_mut() {
-            Some(m) if m.input_base + m.count == rid => m.count += 1,
+            Some(m) if m.input_base + m.count == sid => m.count += 1,
             _ => mappings.push(IdMapping {
-                input_base: rid,
+                input_base: sid,
                 count: 1,
-                output_base: rid,
+                output_base: sid,
                 output: node,
             }),
         }
@@ -454,7 +273,7 @@ fn gicc(body: &mut Vec<u8>, index: u32) {
     body.qword(0); // Physical base address
     body.qword(0); // GICV
     body.qword(0); // GICH
-    body.dword(layout::GIC_MAINTENANCE_PPI + PPI_BASE);
+    body.dword(layout::GIC_MAINTENANCE_PPI + layout::GIC_PPI_BASE);
     body.qword(0); // GICR base address: see the GICR structure
     body.qword(layout::mpidr(index));
     body.byte(0); // Processor power efficiency class
@@ -474,7 +293,7 @@ fn gtdt(timer: &ArchTimer) -> Encoded {
         timer.virt_ppi,
         timer.hyp_ppi,
     ] {
-        body.dword(ppi + PPI_BASE);
+        body.dword(ppi + layout::GIC_PPI_BASE);
         body.dword(GTDT_TIMER_ALWAYS_ON);
     }
     body.qword(GTDT_NO_COUNTER_BLOCK); // CntReadBase
@@ -485,14 +304,14 @@ fn gtdt(timer: &ArchTimer) -> Encoded {
 
 /// The console: the 16550 at its MMIO base, byte-wide registers, its SPI as a GIC GSIV, 115200
 /// 8N1. Linux turns this into `console=uart,mmio,<base>,115200` (and `earlycon` with no argument).
-fn spcr(uart: &Uart) -> Encoded {
+fn spcr(uart: &MmioUart) -> Encoded {
     let mut body = Vec::new();
     body.byte(SPCR_INTERFACE_16550);
     body.vec(&[0; 3]);
     encode::gas_mmio8(u64::from(uart.base)).to_aml_bytes(&mut body);
     body.byte(SPCR_INTERRUPT_GIC);
     body.byte(0); // PC-AT IRQ: none
-    body.dword(uart.gsiv);
+    body.dword(gsiv(uart.spi));
     body.byte(SPCR_BAUD_115200);
     body.byte(0); // No parity
     body.byte(SPCR_STOP_BITS_1);

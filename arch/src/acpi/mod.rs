@@ -29,7 +29,7 @@ use acpi_tables::rsdp::Rsdp;
 use acpi_tables::xsdt::XSDT;
 use thiserror::Error;
 
-use crate::platform::{GuestArch, GuestRange, Platform, PowerControl, RegisterSpace};
+use crate::platform::{ArchParts, CheckedPlatform, GuestRange, PciBridge};
 
 /// The OEM ID, OEM table ID and OEM revision every table's header carries.
 pub const OEM_ID: [u8; 6] = *b"MCRVMM";
@@ -105,84 +105,6 @@ pub enum AcpiError {
     MisalignedRegion(u64),
     #[error("the ACPI region {:#x}+{:#x} wraps around the address space", .0.base, .0.size)]
     RegionOverflow(GuestRange),
-    #[error("a {arch:?} guest cannot use a {what} interrupt controller")]
-    InterruptController { arch: GuestArch, what: &'static str },
-    #[error("a {arch:?} guest cannot use power control {power:?}")]
-    PowerControl {
-        arch: GuestArch,
-        power: PowerControl,
-    },
-    #[error("a {arch:?} guest cannot reach its serial port through {registers:?}")]
-    SerialRegisters {
-        arch: GuestArch,
-        registers: RegisterSpace,
-    },
-    #[error("the aarch64 platform has no architectural timer")]
-    MissingTimer,
-    #[error("the platform has no vCPUs")]
-    NoVcpus,
-    #[error("{vcpus} vCPUs are more than the {max} the {arch:?} tables can describe")]
-    TooManyVcpus {
-        arch: GuestArch,
-        vcpus: u32,
-        max: u32,
-    },
-    #[error(
-        "{vcpus} vCPUs need {needed:#x} bytes of GIC redistributors at stride {stride:#x}, the region has {size:#x}"
-    )]
-    RedistributorsTooSmall {
-        vcpus: u32,
-        stride: u64,
-        needed: u128,
-        size: u64,
-    },
-    #[error("GIC redistributor stride {0:#x} is not a non-zero multiple of 64 KiB")]
-    BadRedistributorStride(u64),
-    #[error("{what} interrupt {irq} is out of range (limit {limit})")]
-    InterruptOutOfRange {
-        what: &'static str,
-        irq: u32,
-        limit: u32,
-    },
-    #[error("{what} at {address:#x} does not fit the table's 32-bit field")]
-    AddressAbove4G { what: &'static str, address: u64 },
-    #[error("{what} size {size:#x} does not fit the table's 32-bit field")]
-    SizeTooLarge { what: &'static str, size: u64 },
-    #[error("PCI segment {0:#x} is above 0xff, the highest the DSDT's PCxx names can hold")]
-    PciSegmentTooHigh(u16),
-    #[error("PCI segment {0} is described twice")]
-    PciDuplicateSegment(u16),
-    #[error("PCI segment {segment}: bus range {start:#x}..={end:#x} is empty")]
-    PciBusRange { segment: u16, start: u8, end: u8 },
-    #[error("PCI segment {segment}: ECAM window of {size:#x} bytes cannot hold {needed:#x}")]
-    PciEcamTooSmall {
-        segment: u16,
-        size: u64,
-        needed: u64,
-    },
-    #[error(
-        "PCI segment {segment}: ECAM at {base:#x} for start bus {start_bus:#x} puts bus 0 below address 0"
-    )]
-    PciEcamBase {
-        segment: u16,
-        base: u64,
-        start_bus: u8,
-    },
-    #[error("PCI segment {segment}: {what} window {base:#x}+{size:#x} is empty or out of range")]
-    PciWindow {
-        segment: u16,
-        what: &'static str,
-        base: u64,
-        size: u64,
-    },
-    #[error(
-        "PCI segment {segment}: INTx on I/O APIC pin {pin}, an ISA IRQ the MADT describes as edge/high"
-    )]
-    PciIntxIsaPin { segment: u16, pin: u32 },
-    #[error(transparent)]
-    Smmu(#[from] crate::aarch64::fdt::SmmuError),
-    #[error("a {arch:?} guest cannot have vSMMUv3s")]
-    SmmuArch { arch: GuestArch },
 }
 
 /// One encoded table before it has an address.
@@ -202,7 +124,7 @@ struct ArchTables {
 
 /// Encodes every ACPI table of `platform` and lays them out in `region`: the RSDP at
 /// `region.base` (which must be 16-byte aligned), the rest after it, 8-byte aligned.
-pub fn build(platform: &Platform, region: GuestRange) -> Result<AcpiTables, AcpiError> {
+pub fn build(platform: &CheckedPlatform, region: GuestRange) -> Result<AcpiTables, AcpiError> {
     let region_end = region
         .base
         .checked_add(region.size)
@@ -210,9 +132,9 @@ pub fn build(platform: &Platform, region: GuestRange) -> Result<AcpiTables, Acpi
     if !region.base.is_multiple_of(RSDP_ALIGN) {
         return Err(AcpiError::MisalignedRegion(region.base));
     }
-    let arch = match platform.arch {
-        GuestArch::Aarch64 => aarch64::tables(platform)?,
-        GuestArch::X86_64 => x86_64::tables(platform)?,
+    let arch = match platform.parts() {
+        ArchParts::Aarch64(parts) => aarch64::tables(platform, parts),
+        ArchParts::X86_64(parts) => x86_64::tables(platform, parts),
     };
 
     let mut cursor = Cursor::new(region.base);
@@ -282,15 +204,15 @@ pub(crate) fn mcfg(windows: &[EcamWindow]) -> Encoded {
     }
 }
 
-/// The ECAM windows the MCFG lists, one per checked host bridge.
-pub(crate) fn ecam_windows(hosts: &[pci::PciHost]) -> Vec<EcamWindow> {
-    hosts
+/// The ECAM windows the MCFG lists, one per host bridge.
+pub(crate) fn ecam_windows(bridges: &[PciBridge]) -> Vec<EcamWindow> {
+    bridges
         .iter()
-        .map(|host| EcamWindow {
-            base: host.mcfg_base,
-            segment: host.bridge.segment,
-            start_bus: host.bridge.bus_start,
-            end_bus: host.bridge.bus_end,
+        .map(|bridge| EcamWindow {
+            base: bridge.ecam_bus0(),
+            segment: bridge.segment,
+            start_bus: bridge.bus_start,
+            end_bus: bridge.bus_end,
         })
         .collect()
 }

@@ -1,22 +1,17 @@
-//! PCI host bridges in the ACPI tables, shared by both architectures: the checked bridge, its
+//! PCI host bridges in the ACPI tables, shared by both architectures: a bridge's
 //! `PNP0A08` device in the DSDT (PCI Firmware Specification 3.3 §4.5, ACPI 6.5 §6.2.6, §6.2.13)
 //! and the `PNP0C02` device that reserves ECAM for an x86 guest.
 
 use acpi_tables::Aml;
 use acpi_tables::aml::{self, AddressSpace, AddressSpaceCacheable};
 
-use super::AcpiError;
 use super::encode::{self, RawAml};
-use crate::platform::{GuestRange, PciBridge};
+use crate::platform::{GuestRange, IntxPin, PciBridge};
 
-/// One MiB of ECAM per bus.
-const ECAM_BUS_SHIFT: u32 = 20;
 /// Devices on a bus; the `_PRT` lists every one (ACPI has no mask like the device tree).
-const PCI_SLOTS: u32 = 32;
+const PCI_SLOTS: u8 = 32;
 /// `_PRT` address: the device in the high word, any function (0xFFFF) in the low word.
 const PRT_ANY_FUNCTION: u32 = 0xffff;
-/// Device names are `PCxx`, `xx` the segment in hex.
-const MAX_NAMED_SEGMENT: u16 = 0xff;
 
 /// The PCI host bridge `_OSC` UUID (PCI Firmware Specification 3.3 §4.5.1).
 const PCI_OSC_UUID: &str = "33db4d5b-1ff7-401c-9657-7441c03dd766";
@@ -34,99 +29,15 @@ const DSM_FUNCTIONS: u8 = 1 << 0 | 1 << DSM_PRESERVE_BOOT_CONFIG;
 /// microvmm guest, so the OS gets all of it; LTR and DPC stay with nobody (no port models them).
 const OSC_GRANTED_CONTROL: u8 = 0x1f;
 
-/// A host bridge the tables can describe, with its INTA..INTD (of slot 0) as GSIs.
-pub(crate) struct PciHost<'a> {
-    pub bridge: &'a PciBridge,
-    pub gsis: [u32; 4],
-    /// The MCFG base: where bus 0's configuration space would be (`ecam.base` is `bus_start`'s).
-    pub mcfg_base: u64,
-}
-
-impl PciHost<'_> {
-    /// The DSDT device name, `\_SB.PCxx`.
-    pub fn device_name(&self) -> String {
-        format!("PC{:02X}", self.bridge.segment)
-    }
-}
-
-/// Checks every bridge of the platform and maps its INTx numbers to GSIs with `gsi` (which
-/// rejects numbers the architecture cannot use).
-pub(crate) fn check_bridges<'a>(
-    bridges: &'a [PciBridge],
-    gsi: impl Fn(u16, u32) -> Result<u32, AcpiError>,
-) -> Result<Vec<PciHost<'a>>, AcpiError> {
-    let mut hosts: Vec<PciHost> = Vec::with_capacity(bridges.len());
-    for bridge in bridges {
-        let segment = bridge.segment;
-        if segment > MAX_NAMED_SEGMENT {
-            return Err(AcpiError::PciSegmentTooHigh(segment));
-        }
-        if hosts.iter().any(|h| h.bridge.segment == segment) {
-            return Err(AcpiError::PciDuplicateSegment(segment));
-        }
-        if bridge.bus_start > bridge.bus_end {
-            return Err(AcpiError::PciBusRange {
-                segment,
-                start: bridge.bus_start,
-                end: bridge.bus_end,
-            });
-        }
-        let needed = ecam_bytes(bridge);
-        if bridge.ecam.size < needed || bridge.ecam.base.checked_add(needed).is_none() {
-            return Err(AcpiError::PciEcamTooSmall {
-                segment,
-                size: bridge.ecam.size,
-                needed,
-            });
-        }
-        let mcfg_base = bridge
-            .ecam
-            .base
-            .checked_sub(u64::from(bridge.bus_start) << ECAM_BUS_SHIFT)
-            .ok_or(AcpiError::PciEcamBase {
-                segment,
-                base: bridge.ecam.base,
-                start_bus: bridge.bus_start,
-            })?;
-        for (what, window, limit) in [
-            ("32-bit", bridge.mmio32, 1 << 32),
-            ("64-bit", bridge.mmio64, u64::MAX),
-        ] {
-            let fits = window
-                .base
-                .checked_add(window.size)
-                .is_some_and(|end| end <= limit);
-            if window.size == 0 || !fits {
-                return Err(AcpiError::PciWindow {
-                    segment,
-                    what,
-                    base: window.base,
-                    size: window.size,
-                });
-            }
-        }
-        let mut gsis = [0; 4];
-        for (slot, &intx) in gsis.iter_mut().zip(&bridge.intx) {
-            *slot = gsi(segment, intx)?;
-        }
-        hosts.push(PciHost {
-            bridge,
-            gsis,
-            mcfg_base,
-        });
-    }
-    Ok(hosts)
-}
-
-/// The ECAM bytes the bridge's buses use (what the MCFG entry implies).
-fn ecam_bytes(bridge: &PciBridge) -> u64 {
-    (u64::from(bridge.bus_end) - u64::from(bridge.bus_start) + 1) << ECAM_BUS_SHIFT
+/// The DSDT device name of a bridge, `\_SB.PCxx` (the check keeps segments below 0x100).
+pub(crate) fn device_name(bridge: &PciBridge) -> String {
+    format!("PC{:02X}", bridge.segment)
 }
 
 /// `Device (\_SB.PCxx)`: a PCI Express root bridge (`PNP0A08`, compatible `PNP0A03`) for one
 /// segment, its bus range and two memory windows in `_CRS` (identity-mapped, no I/O window),
-/// a link-less `_PRT`, and an `_OSC` that grants the OS native control. With `coherent_dma`,
-/// `_CCA` says DMA is cache-coherent (Arm; x86 always is).
+/// a link-less `_PRT` (INTx lines as GSIs by `gsi`), and an `_OSC` that grants the OS native
+/// control. With `coherent_dma`, `_CCA` says DMA is cache-coherent (Arm; x86 always is).
 ///
 /// Link-less `_PRT` entries give GSIs directly, and Linux (drivers/acpi/pci_irq.c) then treats
 /// them as level-triggered, active high on a GIC and active low on an I/O APIC.
@@ -134,11 +45,11 @@ fn ecam_bytes(bridge: &PciBridge) -> u64 {
 /// With `preserve_config`, a `_DSM` asks the OS to keep the boot configuration (see
 /// [`dsm_preserve_config`]).
 pub(crate) fn root_bridge_device(
-    host: &PciHost,
+    bridge: &PciBridge,
+    gsi: fn(u32) -> u32,
     coherent_dma: bool,
     preserve_config: bool,
 ) -> RawAml {
-    let bridge = host.bridge;
     let hid = aml::EISAName::new("PNP0A08");
     let cid = aml::EISAName::new("PNP0A03");
     let hid = aml::Name::new("_HID".into(), &hid);
@@ -150,7 +61,7 @@ pub(crate) fn root_bridge_device(
 
     let buses =
         AddressSpace::new_bus_number(u16::from(bridge.bus_start), u16::from(bridge.bus_end));
-    // check_bridges keeps the 32-bit window below 4 GiB.
+    // The check keeps the 32-bit window below 4 GiB.
     let mmio32 = AddressSpace::new_memory(
         AddressSpaceCacheable::NotCacheable,
         true,
@@ -167,7 +78,7 @@ pub(crate) fn root_bridge_device(
     );
     let crs = aml::ResourceTemplate::new(vec![&buses, &mmio32, &mmio64]);
     let crs = aml::Name::new("_CRS".into(), &crs);
-    let prt = routing_table(&host.gsis);
+    let prt = routing_table(bridge, gsi);
     let osc = osc_method();
 
     let mut children: Vec<&dyn Aml> = vec![&hid, &cid, &seg, &bbn, &uid];
@@ -179,19 +90,19 @@ pub(crate) fn root_bridge_device(
     if preserve_config {
         children.push(&dsm);
     }
-    let device = aml::Device::new(host.device_name().as_str().into(), children);
+    let device = aml::Device::new(device_name(bridge).as_str().into(), children);
     RawAml(encode::aml_bytes(&device))
 }
 
 /// `Name (_PRT, Package { Package { (slot << 16) | 0xFFFF, pin, 0, GSI }, ... })`: every slot
-/// and pin (0 = INTA), with the swizzle of the device tree's `interrupt-map`: slot `d` pin `p`
-/// raises `gsis[(d + p) % 4]`.
-fn routing_table(gsis: &[u32; 4]) -> RawAml {
-    let mut entries = Vec::with_capacity((PCI_SLOTS * 4) as usize);
+/// and pin (0 = INTA) with the GSI of the bridge's swizzled line.
+fn routing_table(bridge: &PciBridge, gsi: fn(u32) -> u32) -> RawAml {
+    let mut entries = Vec::with_capacity(usize::from(PCI_SLOTS) * 4);
     for slot in 0..PCI_SLOTS {
-        for pin in 0..4u8 {
-            let address = (slot << 16) | PRT_ANY_FUNCTION;
-            let gsi = gsis[(slot as usize + usize::from(pin)) % 4];
+        for pin in IntxPin::ALL {
+            let address = (u32::from(slot) << 16) | PRT_ANY_FUNCTION;
+            let gsi = gsi(bridge.intx_line(slot, pin));
+            let pin = pin.index();
             // Source 0: no link device, the last element is the GSI itself.
             let entry = aml::Package::new(vec![&address, &pin, &0u8, &gsi]);
             entries.push(RawAml(encode::aml_bytes(&entry)));
@@ -274,11 +185,11 @@ fn dsm_preserve_config() -> RawAml {
 /// `Device (\_SB.MBRD)`, a `PNP0C02` motherboard resource consuming every ECAM window: PCI
 /// Firmware 3.3 §4.1.2 wants ECAM reserved this way, and x86 Linux ignores MCFG entries that
 /// are not (arch/x86/pci/mmconfig-shared.c, `is_acpi_reserved`). `None` without bridges.
-pub(crate) fn ecam_reservation(hosts: &[PciHost]) -> Option<RawAml> {
-    if hosts.is_empty() {
+pub(crate) fn ecam_reservation(bridges: &[PciBridge]) -> Option<RawAml> {
+    if bridges.is_empty() {
         return None;
     }
-    let resources: Vec<RawAml> = hosts.iter().map(|h| memory_range(h.bridge.ecam)).collect();
+    let resources: Vec<RawAml> = bridges.iter().map(|b| memory_range(b.ecam)).collect();
     let hid = aml::EISAName::new("PNP0C02");
     let hid = aml::Name::new("_HID".into(), &hid);
     let uid = aml::Name::new("_UID".into(), &aml::ZERO);

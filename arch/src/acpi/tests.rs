@@ -3,8 +3,13 @@ use std::collections::BTreeMap;
 use super::testutil::*;
 use super::*;
 use crate::aarch64::layout as arm;
-use crate::platform::{GuestArch, InterruptController, PciBridge, PowerControl, RegisterSpace};
+use crate::platform::{PciBridge, Platform, PowerControl};
 use crate::x86_64::layout as x86;
+
+/// The tables of `platform`, which must pass the check, in `region`.
+fn tables_of(platform: &Platform, region: GuestRange) -> Result<AcpiTables, AcpiError> {
+    build(&platform.clone().check().expect("a valid platform"), region)
+}
 
 /// A firmware-region-sized ACPI area, as `efi::acpi_boot` hands `build`.
 fn arm_region() -> GuestRange {
@@ -12,11 +17,11 @@ fn arm_region() -> GuestRange {
 }
 
 fn arm_tables(vcpus: u32) -> AcpiTables {
-    build(&aarch64_platform(vcpus), arm_region()).unwrap()
+    tables_of(&aarch64_platform(vcpus), arm_region()).unwrap()
 }
 
 fn x86_tables(vcpus: u32) -> AcpiTables {
-    build(&x86_platform(vcpus), x86::ACPI_TABLES).unwrap()
+    tables_of(&x86_platform(vcpus), x86::ACPI_TABLES).unwrap()
 }
 
 fn arm_pci_platform(vcpus: u32, bridges: u16) -> Platform {
@@ -32,11 +37,11 @@ fn x86_pci_platform(vcpus: u32, bridges: u16) -> Platform {
 }
 
 fn arm_pci_tables(vcpus: u32, bridges: u16) -> AcpiTables {
-    build(&arm_pci_platform(vcpus, bridges), arm_region()).unwrap()
+    tables_of(&arm_pci_platform(vcpus, bridges), arm_region()).unwrap()
 }
 
 fn x86_pci_tables(vcpus: u32, bridges: u16) -> AcpiTables {
-    build(&x86_pci_platform(vcpus, bridges), x86::ACPI_TABLES).unwrap()
+    tables_of(&x86_pci_platform(vcpus, bridges), x86::ACPI_TABLES).unwrap()
 }
 
 fn table<'a>(tables: &'a AcpiTables, signature: &str) -> &'a AcpiTable {
@@ -486,7 +491,7 @@ fn s5_sleep_type_comes_from_the_platform() {
     if let PowerControl::AcpiPorts { s5_sleep_type, .. } = &mut platform.power {
         *s5_sleep_type = 7;
     }
-    let tables = build(&platform, x86::ACPI_TABLES).unwrap();
+    let tables = tables_of(&platform, x86::ACPI_TABLES).unwrap();
     let dsl = squash(&iasl_decode(table(&tables, "DSDT")));
     assert!(dsl.contains("{ 0x07, Zero })"), "{dsl}");
 }
@@ -495,7 +500,7 @@ fn s5_sleep_type_comes_from_the_platform() {
 fn no_serial_means_no_spcr_and_no_uart_device() {
     let mut platform = aarch64_platform(2);
     platform.serial = None;
-    let tables = build(&platform, arm_region()).unwrap();
+    let tables = tables_of(&platform, arm_region()).unwrap();
     assert_eq!(
         signatures(&tables),
         ["RSDP", "XSDT", "DSDT", "FACP", "APIC", "GTDT", "MCFG"]
@@ -505,7 +510,7 @@ fn no_serial_means_no_spcr_and_no_uart_device() {
 
     let mut platform = x86_platform(2);
     platform.serial = None;
-    let tables = build(&platform, x86::ACPI_TABLES).unwrap();
+    let tables = tables_of(&platform, x86::ACPI_TABLES).unwrap();
     let dsl = iasl_decode(table(&tables, "DSDT"));
     assert!(!dsl.contains("PNP0501") && dsl.contains("_S5"));
 }
@@ -513,11 +518,11 @@ fn no_serial_means_no_spcr_and_no_uart_device() {
 #[test]
 fn exact_fit_and_one_byte_short() {
     let platform = aarch64_platform(8);
-    let needed = build(&platform, arm_region()).unwrap().extent().size;
+    let needed = tables_of(&platform, arm_region()).unwrap().extent().size;
     let base = arm_region().base;
-    let fits = build(&platform, GuestRange::new(base, needed)).unwrap();
+    let fits = tables_of(&platform, GuestRange::new(base, needed)).unwrap();
     assert_eq!(fits.extent().size, needed);
-    match build(&platform, GuestRange::new(base, needed - 1)) {
+    match tables_of(&platform, GuestRange::new(base, needed - 1)) {
         Err(AcpiError::RegionTooSmall { needed: n, .. }) => assert_eq!(n, needed),
         other => panic!("expected RegionTooSmall, got {other:?}"),
     }
@@ -527,157 +532,38 @@ fn exact_fit_and_one_byte_short() {
 fn rejects_bad_regions() {
     let platform = x86_platform(1);
     assert!(matches!(
-        build(&platform, GuestRange::new(0xe_0000, 0x40)),
+        tables_of(&platform, GuestRange::new(0xe_0000, 0x40)),
         Err(AcpiError::RegionTooSmall { .. })
     ));
     assert!(matches!(
-        build(&platform, GuestRange::new(0xe_0008, 0x1_0000)),
+        tables_of(&platform, GuestRange::new(0xe_0008, 0x1_0000)),
         Err(AcpiError::MisalignedRegion(0xe_0008))
     ));
     assert!(matches!(
-        build(&platform, GuestRange::new(u64::MAX - 0xf, 0x1_0000)),
+        tables_of(&platform, GuestRange::new(u64::MAX - 0xf, 0x1_0000)),
         Err(AcpiError::RegionOverflow(_))
     ));
     assert!(matches!(
-        build(&platform, GuestRange::new(u64::MAX - 0xff, 0x100)),
+        tables_of(&platform, GuestRange::new(u64::MAX - 0xff, 0x100)),
         Err(AcpiError::RegionTooSmall { .. } | AcpiError::RegionOverflow(_))
     ));
 }
 
 #[test]
-fn rejects_platforms_for_the_other_arch() {
-    // An aarch64 guest with x86 hardware, and the reverse.
-    let mut arm = aarch64_platform(1);
-    arm.interrupt_controller = x86_platform(1).interrupt_controller;
-    assert!(matches!(
-        build(&arm, arm_region()),
-        Err(AcpiError::InterruptController { .. })
-    ));
-    let mut arm = aarch64_platform(1);
-    arm.power = x86_platform(1).power;
-    assert!(matches!(
-        build(&arm, arm_region()),
-        Err(AcpiError::PowerControl { .. })
-    ));
-    let mut arm = aarch64_platform(1);
-    arm.serial = x86_platform(1).serial;
-    assert!(matches!(
-        build(&arm, arm_region()),
-        Err(AcpiError::SerialRegisters { .. })
-    ));
-
-    let mut x = x86_platform(1);
-    x.interrupt_controller = aarch64_platform(1).interrupt_controller;
-    assert!(matches!(
-        build(&x, x86::ACPI_TABLES),
-        Err(AcpiError::InterruptController { .. })
-    ));
-    let mut x = x86_platform(1);
-    x.power = PowerControl::PsciHvc;
-    assert!(matches!(
-        build(&x, x86::ACPI_TABLES),
-        Err(AcpiError::PowerControl { .. })
-    ));
-    let mut x = x86_platform(1);
-    x.serial = aarch64_platform(1).serial;
-    let err = build(&x, x86::ACPI_TABLES).unwrap_err();
-    assert!(matches!(err, AcpiError::SerialRegisters { .. }));
-    assert!(err.to_string().contains("Mmio"), "{err}");
-}
-
-#[test]
-fn rejects_inconsistent_platforms() {
-    let mut p = aarch64_platform(1);
-    p.timer = None;
-    assert!(matches!(
-        build(&p, arm_region()),
-        Err(AcpiError::MissingTimer)
-    ));
-
-    let mut p = aarch64_platform(4);
-    p.vcpus = 5; // one more than the redistributor region holds
-    assert!(matches!(
-        build(&p, arm_region()),
-        Err(AcpiError::RedistributorsTooSmall { vcpus: 5, .. })
-    ));
-
-    let mut p = aarch64_platform(1);
-    p.vcpus = 0;
-    assert!(matches!(build(&p, arm_region()), Err(AcpiError::NoVcpus)));
-
-    let mut p = aarch64_platform(1);
-    if let Some(timer) = &mut p.timer {
-        timer.virt_ppi = 16;
-    }
-    assert!(matches!(
-        build(&p, arm_region()),
-        Err(AcpiError::InterruptOutOfRange { irq: 16, .. })
-    ));
-
-    let mut p = aarch64_platform(1);
-    if let Some(serial) = &mut p.serial {
-        serial.irq = arm::GIC_NR_IRQS - 32;
-    }
-    assert!(matches!(
-        build(&p, arm_region()),
-        Err(AcpiError::InterruptOutOfRange {
-            what: "serial SPI",
-            ..
-        })
-    ));
-
-    let mut p = aarch64_platform(1);
-    p.serial = Some(crate::platform::SerialPort {
-        registers: RegisterSpace::Mmio(0x1_0000_0000),
-        irq: 1,
-        clock_hz: 1,
-    });
-    assert!(matches!(
-        build(&p, arm_region()),
-        Err(AcpiError::AddressAbove4G { .. })
-    ));
-
-    let mut p = x86_platform(1);
-    p.vcpus = x86::MAX_VCPUS + 1;
-    assert!(matches!(
-        build(&p, x86::ACPI_TABLES),
-        Err(AcpiError::TooManyVcpus { .. })
-    ));
-
-    let mut p = x86_platform(1);
-    if let InterruptController::X86Apic { lapic, .. } = &mut p.interrupt_controller {
-        *lapic = 0x1_fee0_0000;
-    }
-    assert!(matches!(
-        build(&p, x86::ACPI_TABLES),
-        Err(AcpiError::AddressAbove4G { .. })
-    ));
-
-    let mut p = x86_platform(1);
-    if let Some(serial) = &mut p.serial {
-        serial.irq = x86::IOAPIC_PINS;
-    }
-    assert!(matches!(
-        build(&p, x86::ACPI_TABLES),
-        Err(AcpiError::InterruptOutOfRange { .. })
-    ));
-}
-
-#[test]
 fn largest_guests_fit_their_regions() {
-    let arm = build(&aarch64_platform(arm::MAX_VCPUS), arm_region()).unwrap();
+    let arm = tables_of(&aarch64_platform(arm::MAX_VCPUS), arm_region()).unwrap();
     assert!(arm.extent().size < 0x4000);
-    let x = build(&x86_platform(x86::MAX_VCPUS), x86::ACPI_TABLES).unwrap();
+    let x = tables_of(&x86_platform(x86::MAX_VCPUS), x86::ACPI_TABLES).unwrap();
     assert!(x.extent().end() <= x86::ACPI_TABLES.end());
 
     // And with the most PCI host bridges the address maps allow.
     let mut p = aarch64_platform(arm::MAX_VCPUS);
     p.pci_bridges = aarch64_pci_bridges(arm::MAX_PCI_BRIDGES as u16);
-    let arm = build(&p, arm_region()).unwrap();
+    let arm = tables_of(&p, arm_region()).unwrap();
     assert!(arm.extent().end() <= arm_region().end());
     let mut p = x86_platform(x86::MAX_VCPUS);
     p.pci_bridges = x86_pci_bridges(x86::MAX_PCI_BRIDGES as u16);
-    let x = build(&p, x86::ACPI_TABLES).unwrap();
+    let x = tables_of(&p, x86::ACPI_TABLES).unwrap();
     assert!(
         x.extent().end() <= x86::ACPI_TABLES.end(),
         "{:?}",
@@ -857,7 +743,7 @@ fn aarch64_dsdt_has_a_root_bridge_per_segment() {
     for n in [1, 3] {
         let platform = arm_pci_platform(2, n);
         let dsl = squash(&iasl_decode(table(
-            &build(&platform, arm_region()).unwrap(),
+            &tables_of(&platform, arm_region()).unwrap(),
             "DSDT",
         )));
         assert_eq!(dsl.matches("\"PNP0A08\"").count(), usize::from(n));
@@ -877,7 +763,7 @@ fn x86_dsdt_has_root_bridges_and_reserves_ecam() {
     for n in [1, 3] {
         let platform = x86_pci_platform(2, n);
         let dsl = squash(&iasl_decode(table(
-            &build(&platform, x86::ACPI_TABLES).unwrap(),
+            &tables_of(&platform, x86::ACPI_TABLES).unwrap(),
             "DSDT",
         )));
         assert_eq!(dsl.matches("\"PNP0A08\"").count(), usize::from(n));
@@ -911,23 +797,12 @@ fn x86_dsdt_has_root_bridges_and_reserves_ecam() {
 }
 
 #[test]
-fn x86_ecam_above_4g_is_refused_and_would_be_a_qword_range() {
+fn ecam_above_4g_would_be_a_qword_range() {
+    // The check refuses it for x86 (its tests); the reservation itself can say it, should
+    // another architecture want one.
     let mut platform = x86_pci_platform(1, 1);
     platform.pci_bridges[0].ecam.base = 0x10_0000_0000;
-    assert!(matches!(
-        build(&platform, x86::ACPI_TABLES),
-        Err(AcpiError::AddressAbove4G {
-            address: 0x10_0000_0000,
-            ..
-        })
-    ));
-    // The reservation itself can say it, should another architecture want one.
-    let host = pci::PciHost {
-        bridge: &platform.pci_bridges[0],
-        gsis: [16, 17, 18, 19],
-        mcfg_base: 0x10_0000_0000,
-    };
-    let aml = pci::ecam_reservation(&[host]).unwrap();
+    let aml = pci::ecam_reservation(&platform.pci_bridges).unwrap();
     let dsdt = AcpiTable {
         signature: "DSDT".into(),
         address: 0,
@@ -1111,93 +986,6 @@ fn x86_e820_reserves_the_ecam_windows() {
     assert!(with_pci.windows(2).all(|w| w[0].addr < w[1].addr));
 }
 
-#[test]
-fn rejects_bridges_the_tables_cannot_describe() {
-    fn arm_err(edit: impl Fn(&mut PciBridge)) -> AcpiError {
-        let mut p = arm_pci_platform(1, 2);
-        edit(&mut p.pci_bridges[1]);
-        build(&p, arm_region()).expect_err("must fail")
-    }
-    fn x86_err(edit: impl Fn(&mut PciBridge)) -> AcpiError {
-        let mut p = x86_pci_platform(1, 2);
-        edit(&mut p.pci_bridges[1]);
-        build(&p, x86::ACPI_TABLES).expect_err("must fail")
-    }
-    let err = arm_err(|b| b.segment = 0x100);
-    assert!(matches!(err, AcpiError::PciSegmentTooHigh(0x100)), "{err}");
-    let err = x86_err(|b| b.segment = 0);
-    assert!(matches!(err, AcpiError::PciDuplicateSegment(0)), "{err}");
-    let err = arm_err(|b| b.bus_end = 0x0f);
-    assert!(
-        matches!(
-            err,
-            AcpiError::PciBusRange {
-                segment: 1,
-                start: 0x10,
-                end: 0x0f
-            }
-        ),
-        "{err}"
-    );
-    let err = arm_err(|b| b.ecam.size = 15 << 20);
-    assert!(
-        matches!(
-            err,
-            AcpiError::PciEcamTooSmall {
-                needed: 0x100_0000,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    // Start bus 0x10 with ECAM below 16 MiB: bus 0 would be below address 0.
-    let err = arm_err(|b| b.ecam.base = 0x80_0000);
-    assert!(
-        matches!(err, AcpiError::PciEcamBase { segment: 1, .. }),
-        "{err}"
-    );
-    let err = x86_err(|b| b.mmio32 = GuestRange::new(0xffff_0000, 0x2_0000));
-    assert!(
-        matches!(err, AcpiError::PciWindow { what: "32-bit", .. }),
-        "{err}"
-    );
-    let err = arm_err(|b| b.mmio64.size = 0);
-    assert!(
-        matches!(err, AcpiError::PciWindow { what: "64-bit", .. }),
-        "{err}"
-    );
-    let err = arm_err(|b| b.intx[2] = arm::GIC_NR_IRQS - 32);
-    assert!(
-        matches!(
-            err,
-            AcpiError::InterruptOutOfRange {
-                what: "PCI INTx SPI",
-                irq: 224,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    let err = x86_err(|b| b.intx[0] = x86::IOAPIC_PINS);
-    assert!(
-        matches!(
-            err,
-            AcpiError::InterruptOutOfRange {
-                what: "PCI INTx pin",
-                irq: 24,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    let err = x86_err(|b| b.intx[3] = 9);
-    assert!(
-        matches!(err, AcpiError::PciIntxIsaPin { segment: 1, pin: 9 }),
-        "{err}"
-    );
-    assert!(err.to_string().contains("segment 1"), "{err}");
-}
-
 // vSMMUv3s: IORT SMMUv3 and RMR nodes, the bridges' _DSM.
 
 /// An IORT ID mapping as the bytes have it.
@@ -1305,7 +1093,7 @@ const SMMU_CASES: [(u16, &[u16]); 4] = [(1, &[0]), (3, &[0, 1, 2]), (2, &[0]), (
 
 fn smmu_tables(bridges: u16, segments: &[u16]) -> (Platform, AcpiTables) {
     let p = aarch64_smmu_platform(2, bridges, segments);
-    let tables = build(&p, arm_region()).unwrap();
+    let tables = tables_of(&p, arm_region()).unwrap();
     (p, tables)
 }
 
@@ -1490,7 +1278,7 @@ fn rmr_merges_consecutive_stream_ids() {
     f1.rid += 1;
     f1.msi_device_id += 1;
     p.pci_bridges[0].functions.insert(1, f1);
-    let tables = build(&p, arm_region()).unwrap();
+    let tables = tables_of(&p, arm_region()).unwrap();
     let bytes = &table(&tables, "IORT").bytes;
     let nodes = iort_nodes(bytes);
     let rmr = nodes.iter().find(|n| n.kind == 6).unwrap();
@@ -1504,7 +1292,7 @@ fn rmr_merges_consecutive_stream_ids() {
     // A vSMMU in front of a bridge without functions gets no RMR (Linux would reject it).
     let mut p = aarch64_smmu_platform(1, 1, &[0]);
     p.pci_bridges[0].functions.clear();
-    let tables = build(&p, arm_region()).unwrap();
+    let tables = tables_of(&p, arm_region()).unwrap();
     let kinds: Vec<u8> = iort_nodes(&table(&tables, "IORT").bytes)
         .iter()
         .map(|n| n.kind)
@@ -1559,117 +1347,6 @@ fn bridges_without_vsmmus_tables_are_byte_identical_to_before() {
     // Digests of the PCI tables before vSMMU support; update only for an intended change.
     assert_eq!(digest(&arm_pci_tables(4, 1)), (3324, 0x9aae_1649_c15c_8bcf));
     assert_eq!(digest(&arm_pci_tables(4, 3)), (7229, 0x7d9d_c1b9_7c45_18d6));
-}
-
-#[test]
-fn rejects_vsmmus_the_tables_cannot_describe() {
-    use crate::aarch64::fdt::SmmuError;
-    let check = |edit: &dyn Fn(&mut Platform), want: &dyn Fn(&SmmuError) -> bool| {
-        let mut p = aarch64_smmu_platform(2, 3, &[0, 1]);
-        edit(&mut p);
-        match build(&p, arm_region()) {
-            Err(AcpiError::Smmu(e)) => {
-                assert!(want(&e), "unexpected {e:?}");
-                assert!(e.to_string().starts_with("vSMMUv3"), "{e}");
-            }
-            other => panic!("expected a vSMMU error, got {other:?}"),
-        }
-    };
-    check(&|p| p.smmus[1].segment = 7, &|e| {
-        matches!(
-            e,
-            SmmuError::NoBridge {
-                index: 1,
-                segment: 7
-            }
-        )
-    });
-    check(&|p| p.smmus[1].segment = 0, &|e| {
-        matches!(
-            e,
-            SmmuError::SharedBridge {
-                first: 0,
-                second: 1,
-                segment: 0
-            }
-        )
-    });
-    check(&|p| p.smmus[1].index = 0, &|e| {
-        matches!(e, SmmuError::DuplicateIndex(0))
-    });
-    check(&|p| p.smmus[1].registers = p.smmus[0].registers, &|e| {
-        matches!(e, SmmuError::Overlap { index: 1, .. })
-    });
-    check(
-        &|p| p.smmus[1].registers.base = p.smmus[0].registers.base + 0x1_0000,
-        &|e| matches!(e, SmmuError::Overlap { index: 1, .. }),
-    );
-    check(
-        &|p| p.smmus[0].registers.base = arm::GIC_ITS.base,
-        &|e| matches!(e, SmmuError::Overlap { index: 0, other, .. } if other == "the GIC ITS"),
-    );
-    check(
-        &|p| p.smmus[0].registers.base = arm::UART.base,
-        &|e| matches!(e, SmmuError::Overlap { index: 0, other, .. } if other == "the UART"),
-    );
-    check(&|p| p.smmus[0].registers.size = 0x1_0000, &|e| {
-        matches!(
-            e,
-            SmmuError::Registers {
-                index: 0,
-                size: 0x1_0000,
-                ..
-            }
-        )
-    });
-    check(&|p| p.smmus[0].registers.base += 0x1000, &|e| {
-        matches!(e, SmmuError::Registers { index: 0, .. })
-    });
-    check(&|p| p.smmus[1].sync_irq = arm::GIC_NR_IRQS - 32, &|e| {
-        matches!(
-            e,
-            SmmuError::SpiOutOfRange {
-                index: 1,
-                spi: 224,
-                nr_irqs: 256
-            }
-        )
-    });
-    check(
-        &|p| p.smmus[1].gerror_irq = p.smmus[0].event_irq,
-        &|e| matches!(e, SmmuError::SpiInUse { index: 1, other, .. } if other == "vSMMUv3 0's"),
-    );
-    check(
-        &|p| p.smmus[0].gerror_irq = p.smmus[0].event_irq,
-        &|e| matches!(e, SmmuError::SpiInUse { index: 0, other, .. } if other == "its own"),
-    );
-    check(&|p| p.smmus[0].event_irq = p.pci_bridges[2].intx[3], &|e| {
-        matches!(e, SmmuError::SpiInUse { index: 0, .. })
-    });
-    check(
-        &|p| p.smmus[0].event_irq = arm::UART_SPI,
-        &|e| matches!(e, SmmuError::SpiInUse { index: 0, other, .. } if other == "the UART's"),
-    );
-    check(&|p| p.smmus[0].msi_window.size = 0, &|e| {
-        matches!(e, SmmuError::MsiWindow { index: 0, .. })
-    });
-    check(&|p| p.smmus[0].msi_window.base += 0x1000, &|e| {
-        matches!(e, SmmuError::MsiWindow { index: 0, .. })
-    });
-    // The last SPI the GIC has is fine, and so is a vSMMU on any segment with a bridge.
-    let mut p = aarch64_smmu_platform(2, 3, &[2, 0]);
-    p.smmus[0].sync_irq = arm::GIC_NR_IRQS - 33;
-    build(&p, arm_region()).unwrap();
-
-    // x86 has no SMMUs.
-    let mut p = x86_pci_platform(2, 1);
-    p.smmus = aarch64_smmus(&[0]);
-    assert!(matches!(
-        build(&p, x86::ACPI_TABLES),
-        Err(AcpiError::SmmuArch {
-            arch: GuestArch::X86_64
-        })
-    ));
 }
 
 #[test]

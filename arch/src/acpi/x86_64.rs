@@ -4,8 +4,8 @@
 //!
 //! PCI INTx: each bridge's four lines are I/O APIC pins (GSIs), given directly in a link-less
 //! `_PRT`, for which Linux programs the pin level-triggered, active low (the PCI convention).
-//! No MADT override names them (overrides are for ISA IRQs, and [`ISA_IRQS`] pins are refused
-//! for INTx), so nothing contradicts that. KVM's in-kernel I/O APIC ignores the polarity bit:
+//! No MADT override names them (overrides are for ISA IRQs, and the check refuses ISA pins for
+//! INTx), so nothing contradicts that. KVM's in-kernel I/O APIC ignores the polarity bit:
 //! the VMM raises INTx as a logical level, asserted until the guest's EOI (a resampling irqfd).
 
 use acpi_tables::AmlSink;
@@ -13,10 +13,9 @@ use acpi_tables::aml;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 
 use super::encode::{self, RawAml};
-use super::pci::{self, PciHost};
-use super::{AcpiError, ArchTables, Encoded, OEM_ID, OEM_REVISION, OEM_TABLE_ID};
-use crate::platform::{GuestArch, InterruptController, Platform, PowerControl, RegisterSpace};
-use crate::x86_64::layout;
+use super::{ArchTables, Encoded, OEM_ID, OEM_REVISION, OEM_TABLE_ID, pci};
+use crate::platform::{AcpiPorts, CheckedPlatform, PioUart, X86Parts};
+use crate::x86_64::layout::{ISA_SCI_IRQ, ISA_TIMER_GSI, ISA_TIMER_IRQ};
 
 /// DSDT revision 2: AML integers are 64-bit.
 const DSDT_REVISION: u8 = 2;
@@ -42,185 +41,25 @@ pub const IO_APIC_ID: u8 = 0;
 /// MPS INTI flags (§5.2.12.5): polarity bits 1:0, trigger mode bits 3:2; 0 = bus default.
 const MPS_INTI_CONFORMING: u16 = 0;
 pub const MPS_INTI_ACTIVE_HIGH_LEVEL: u16 = 0b01 | (0b11 << 2);
-/// The ISA IRQs whose routing differs from identity: the PIT's IRQ 0 is I/O APIC pin 2, and IRQ 9
-/// (the SCI line of full-hardware ACPI) is level-triggered, active high.
-pub const ISA_TIMER_IRQ: u8 = 0;
-pub const ISA_TIMER_GSI: u32 = 2;
-pub const ISA_SCI_IRQ: u8 = 9;
-/// I/O APIC pins 0..16 carry the ISA IRQs (edge, active high unless the MADT overrides them).
-pub const ISA_IRQS: u32 = 16;
 
 /// A 16550 decodes eight byte-wide I/O ports.
 const UART_PORTS: u8 = 8;
 
-/// The parts of the platform the tables need, checked once.
-struct Machine<'a> {
-    vcpus: u8,
-    lapic: u32,
-    ioapic: u32,
-    sleep_control: u16,
-    sleep_status: u16,
-    reset: u16,
-    reset_value: u8,
-    s5_sleep_type: u8,
-    uart: Option<Uart>,
-    pci: Vec<PciHost<'a>>,
-}
-
-/// The port-I/O 16550.
-struct Uart {
-    port: u16,
-    gsi: u32,
-    clock_hz: u32,
-}
-
-impl<'a> Machine<'a> {
-    fn new(platform: &'a Platform) -> Result<Self, AcpiError> {
-        let arch = GuestArch::X86_64;
-        let PowerControl::AcpiPorts {
-            sleep_control,
-            sleep_status,
-            reset,
-            reset_value,
-            s5_sleep_type,
-        } = platform.power
-        else {
-            return Err(AcpiError::PowerControl {
-                arch,
-                power: platform.power,
-            });
-        };
-        let InterruptController::X86Apic {
-            lapic,
-            ioapic,
-            ioapic_pins,
-        } = platform.interrupt_controller
-        else {
-            return Err(AcpiError::InterruptController {
-                arch,
-                what: "Arm GICv3",
-            });
-        };
-        if platform.vcpus == 0 {
-            return Err(AcpiError::NoVcpus);
-        }
-        let vcpus = u8::try_from(platform.vcpus)
-            .ok()
-            .filter(|&n| u32::from(n) <= layout::MAX_VCPUS)
-            .ok_or(AcpiError::TooManyVcpus {
-                arch,
-                vcpus: platform.vcpus,
-                max: layout::MAX_VCPUS,
-            })?;
-        let below_4g = |what, address: u64| {
-            u32::try_from(address).map_err(|_| AcpiError::AddressAbove4G { what, address })
-        };
-        let lapic = below_4g("the local APIC", lapic)?;
-        let ioapic = below_4g("the I/O APIC", ioapic)?;
-        let sci_gsi = u32::from(ISA_SCI_IRQ);
-        if sci_gsi >= ioapic_pins || ISA_TIMER_GSI >= ioapic_pins {
-            return Err(AcpiError::InterruptOutOfRange {
-                what: "ISA override",
-                irq: sci_gsi.max(ISA_TIMER_GSI),
-                limit: ioapic_pins,
-            });
-        }
-        let uart = match platform.serial {
-            None => None,
-            Some(serial) => {
-                let RegisterSpace::Pio(port) = serial.registers else {
-                    return Err(AcpiError::SerialRegisters {
-                        arch,
-                        registers: serial.registers,
-                    });
-                };
-                if serial.irq >= ioapic_pins {
-                    return Err(AcpiError::InterruptOutOfRange {
-                        what: "serial GSI",
-                        irq: serial.irq,
-                        limit: ioapic_pins,
-                    });
-                }
-                Some(Uart {
-                    port,
-                    gsi: serial.irq,
-                    clock_hz: serial.clock_hz,
-                })
-            }
-        };
-        if !platform.smmus.is_empty() {
-            return Err(AcpiError::SmmuArch {
-                arch: GuestArch::X86_64,
-            });
-        }
-        let pci = pci::check_bridges(&platform.pci_bridges, |segment, pin| {
-            if pin >= ioapic_pins {
-                return Err(AcpiError::InterruptOutOfRange {
-                    what: "PCI INTx pin",
-                    irq: pin,
-                    limit: ioapic_pins,
-                });
-            }
-            if pin < ISA_IRQS {
-                return Err(AcpiError::PciIntxIsaPin { segment, pin });
-            }
-            Ok(pin)
-        })?;
-        // x86 Linux ignores MCFG entries above 4 GiB unless DMI gives a BIOS year from 2010 on
-        // (arch/x86/pci/mmconfig-shared.c, `acpi_mcfg_valid_entry`); a guest has no DMI.
-        if let Some(host) = pci.iter().find(|h| h.bridge.ecam.end() > 1 << 32) {
-            return Err(AcpiError::AddressAbove4G {
-                what: "a PCI ECAM window",
-                address: host.bridge.ecam.base,
-            });
-        }
-        Ok(Machine {
-            vcpus,
-            lapic,
-            ioapic,
-            sleep_control,
-            sleep_status,
-            reset,
-            reset_value,
-            s5_sleep_type,
-            uart,
-            pci,
-        })
+pub(super) fn tables(platform: &CheckedPlatform, x86: &X86Parts) -> ArchTables {
+    let power = x86.power;
+    ArchTables {
+        dsdt: dsdt(platform, x86),
+        fadt: Box::new(move |dsdt| fadt(&power, dsdt)),
+        listed: vec![
+            madt(x86),
+            super::mcfg(&super::ecam_windows(&platform.pci_bridges)),
+        ],
     }
-}
-
-pub(super) fn tables(platform: &Platform) -> Result<ArchTables, AcpiError> {
-    let machine = Machine::new(platform)?;
-    let listed = vec![
-        madt(&machine),
-        super::mcfg(&super::ecam_windows(&machine.pci)),
-    ];
-    let dsdt = dsdt(&machine);
-    let fadt_input = FadtInput {
-        sleep_control: machine.sleep_control,
-        sleep_status: machine.sleep_status,
-        reset: machine.reset,
-        reset_value: machine.reset_value,
-    };
-    Ok(ArchTables {
-        dsdt,
-        fadt: Box::new(move |dsdt| fadt(&fadt_input, dsdt)),
-        listed,
-    })
-}
-
-/// The FADT's registers, copied out of the machine so the FADT can be built once the DSDT is
-/// placed.
-struct FadtInput {
-    sleep_control: u16,
-    sleep_status: u16,
-    reset: u16,
-    reset_value: u8,
 }
 
 /// Hardware-reduced ACPI: soft-off through the sleep control register (SLP_TYP from `\_S5`,
 /// SLP_EN), reset through the reset register.
-fn fadt(input: &FadtInput, dsdt: u64) -> Encoded {
+fn fadt(input: &AcpiPorts, dsdt: u64) -> Encoded {
     let mut fadt = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
         .flag(Flags::HwReducedAcpi)
         .flag(Flags::ResetRegSup)
@@ -236,26 +75,27 @@ fn fadt(input: &FadtInput, dsdt: u64) -> Encoded {
     }
 }
 
-fn dsdt(machine: &Machine) -> Encoded {
+fn dsdt(platform: &CheckedPlatform, x86: &X86Parts) -> Encoded {
     // SLP_TYPa, SLP_TYPb: hardware-reduced ACPI writes only SLP_TYPa.
-    let s5 = aml::Package::new(vec![&machine.s5_sleep_type, &0u8]);
+    let s5 = aml::Package::new(vec![&x86.power.s5_sleep_type, &0u8]);
     let mut aml = encode::aml_bytes(&aml::Name::new("\\_S5_".into(), &s5));
 
     let mut devices = Vec::new();
-    if let Some(uart) = &machine.uart {
+    if let Some(uart) = &x86.uart {
         devices.push(uart_device(uart));
     }
-    for host in &machine.pci {
-        devices.push(pci::root_bridge_device(host, false, false));
+    // INTx lines are I/O APIC pins, which are GSIs.
+    for bridge in &platform.pci_bridges {
+        devices.push(pci::root_bridge_device(bridge, |pin| pin, false, false));
     }
-    devices.extend(pci::ecam_reservation(&machine.pci));
+    devices.extend(pci::ecam_reservation(&platform.pci_bridges));
     aml.extend_from_slice(&encode::system_bus(&devices).0);
     encode::table(*b"DSDT", DSDT_REVISION, &aml)
 }
 
 /// COM1 as `PNP0501`: eight I/O ports and its ISA IRQ, edge-triggered, active high (the ISA
 /// default, which the MADT does not override for it).
-fn uart_device(uart: &Uart) -> RawAml {
+fn uart_device(uart: &PioUart) -> RawAml {
     let ports = aml::IO::new(uart.port, uart.port, 0, UART_PORTS);
     let interrupt = aml::Interrupt::new(true, true, false, false, uart.gsi);
     encode::pnp0501_device(
@@ -267,11 +107,11 @@ fn uart_device(uart: &Uart) -> RawAml {
 
 /// One local APIC per vCPU (APIC ID = processor UID = index), the I/O APIC with GSI base 0, and
 /// the ISA overrides.
-fn madt(machine: &Machine) -> Encoded {
+fn madt(x86: &X86Parts) -> Encoded {
     let mut body = Vec::new();
-    body.dword(machine.lapic);
+    body.dword(x86.lapic);
     body.dword(MADT_PCAT_COMPAT);
-    for id in 0..machine.vcpus {
+    for id in 0..x86.vcpus {
         body.byte(MADT_LOCAL_APIC);
         body.byte(LOCAL_APIC_LEN);
         body.byte(id); // ACPI processor UID
@@ -283,7 +123,7 @@ fn madt(machine: &Machine) -> Encoded {
     body.byte(IO_APIC_LEN);
     body.byte(IO_APIC_ID);
     body.byte(0);
-    body.dword(machine.ioapic);
+    body.dword(x86.ioapic);
     body.dword(0); // GSI base
 
     for (irq, gsi, flags) in [

@@ -47,6 +47,13 @@ pub const MAX_VCPUS: u32 = 254;
 pub const COM1_PORT: u16 = 0x3f8;
 pub const COM1_GSI: u32 = 4;
 pub const IOAPIC_PINS: u32 = 24;
+/// The ISA IRQs whose routing differs from identity: the PIT's IRQ 0 is I/O APIC pin 2, and IRQ 9
+/// (the SCI line of full-hardware ACPI) is level-triggered, active high.
+pub const ISA_TIMER_IRQ: u8 = 0;
+pub const ISA_TIMER_GSI: u32 = 2;
+pub const ISA_SCI_IRQ: u8 = 9;
+/// I/O APIC pins 0..16 carry the ISA IRQs (edge, active high unless the MADT overrides them).
+pub const ISA_IRQS: u32 = 16;
 pub const UART_CLOCK_HZ: u32 = 1_843_200;
 
 /// The I/O ports of the ACPI power block the VMM emulates (hardware-reduced ACPI): sleep control,

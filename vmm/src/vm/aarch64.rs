@@ -91,7 +91,7 @@ pub(crate) fn setup(ctx: &mut BuildContext) -> Result<(Vec<VcpuFd>, ArchState), 
             });
         }
         ctx.write_blob("the initramfs", range.base, &data)?;
-        ctx.platform.initrd = Some(range);
+        *ctx.platform = ctx.platform.clone().with_initrd(range)?;
     }
 
     let dtb = match ctx.platform.firmware {

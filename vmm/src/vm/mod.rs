@@ -25,7 +25,7 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use arch::platform::{GuestRange, Platform};
+use arch::platform::{CheckedPlatform, GuestRange, Platform};
 use devices::bus::{Bus, BusError};
 use devices::serial::SerialDevice;
 use kvm_bindings::kvm_userspace_memory_region;
@@ -74,6 +74,8 @@ pub enum VmError {
     },
     #[error("placing a device")]
     Bus(#[from] BusError),
+    #[error("the plan with the initramfs where it was loaded")]
+    Initrd(#[from] arch::platform::PlatformError),
     #[error("the plan names host devices, but they were described, not probed on this host")]
     NotProbed,
     #[error("passthrough")]
@@ -97,7 +99,7 @@ pub(crate) fn io_err(step: &'static str) -> impl FnOnce(io::Error) -> VmError {
 /// What the arch-specific build needs and fills in.
 pub(crate) struct BuildContext<'a> {
     pub config: &'a VmConfig,
-    pub platform: &'a mut Platform,
+    pub platform: &'a mut CheckedPlatform,
     pub vm: &'a VmFd,
     #[cfg_attr(target_arch = "aarch64", allow(dead_code))]
     pub kvm: &'a Kvm,
@@ -141,7 +143,7 @@ pub struct Vm {
     _arch: guest::ArchState,
     _vm: Arc<VmFd>,
     _memory: GuestMemoryMmap,
-    platform: Platform,
+    platform: CheckedPlatform,
 }
 
 fn serial_output(config: &SerialConfig) -> Result<Option<Box<dyn Write + Send>>, VmError> {
@@ -191,7 +193,7 @@ fn guest_memory(vm: &VmFd, regions: &[GuestRange]) -> Result<GuestMemoryMmap, Vm
 /// Builds the VM the plan describes on the probed host.
 pub fn build(
     config: &VmConfig,
-    plan: &Platform,
+    plan: &CheckedPlatform,
     host: &ProbedHost,
     exit: Arc<ExitSignal>,
 ) -> Result<Vm, VmError> {
@@ -301,7 +303,11 @@ impl Vm {
 }
 
 /// Builds and runs the planned guest, restarting it on reset when asked to.
-pub fn run(config: &VmConfig, plan: &Platform, host: &ProbedHost) -> Result<GuestExit, VmError> {
+pub fn run(
+    config: &VmConfig,
+    plan: &CheckedPlatform,
+    host: &ProbedHost,
+) -> Result<GuestExit, VmError> {
     let signals = event_loop::signal_fd().map_err(io_err("setting up signal handling"))?;
     vcpu::install_kick_handler().map_err(io_err("installing the vCPU kick handler"))?;
     loop {

@@ -13,7 +13,7 @@ pub use resources::Memslots;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use arch::platform::{PciBridge, Platform};
+use arch::platform::{IntxPin, PciBridge, Platform};
 use devices::bus::Bus;
 use devices::pci::{
     BarSpace, DirectMapping, InterruptRoute, PciAddress, PciRoot, PciSegmentHost, PciWindow,
@@ -196,14 +196,14 @@ pub fn attach(
         }
         // The vSMMU in front of this bridge takes its functions before their models reset and
         // probe them: from then on their DMA follows the guest's stream table.
-        if let Some(plan) = platform.smmus.iter().find(|s| s.segment == bridge.segment) {
+        if let Some(plan) = platform.smmu_for(bridge) {
             let members = backends
                 .iter()
                 .map(|(function, host, backend)| {
                     Ok(super::smmu::SmmuFunction {
                         device: backend.device(),
                         dev_id: backend.dev_id(),
-                        sid: u32::from(function.rid),
+                        sid: function.stream_id(),
                         bdf: host.bdf.to_string(),
                     })
                 })
@@ -217,7 +217,7 @@ pub fn attach(
         // are made, so a failure below releases them in the teardown order.
         let functions = Functions::default();
         state.functions.push(functions.clone());
-        let behind_smmu = platform.smmus.iter().any(|s| s.segment == bridge.segment);
+        let behind_smmu = platform.smmu_for(bridge).is_some();
         let host = SegmentHost {
             vm: vm.clone(),
             msi_doorbell: its_doorbell(platform).filter(|_| behind_smmu),
@@ -301,14 +301,13 @@ fn attach_intx(
     model: &VfioPciDevice,
     host: &HostDevice,
 ) -> Result<Option<Irqfd>, VmError> {
-    let pin = model.interrupt_pin();
     let Some((trigger, resample)) = model.intx_eventfds() else {
         return Ok(None);
     };
-    if pin == 0 {
+    let Some(pin) = IntxPin::from_register(model.interrupt_pin()) else {
         return Ok(None);
-    }
-    let line = bridge.intx[(usize::from(slot) + usize::from(pin) - 1) % 4];
+    };
+    let line = bridge.intx_line(slot, pin);
     let trigger = trigger
         .try_clone()
         .map_err(|e| VmError::Vfio(Box::new(e)))?;

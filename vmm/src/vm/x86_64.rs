@@ -85,7 +85,7 @@ pub(crate) fn setup(ctx: &mut BuildContext) -> Result<(Vec<VcpuFd>, ArchState), 
             path: path.clone(),
             message: e.to_string(),
         })?;
-        ctx.platform.initrd = Some(range);
+        *ctx.platform = ctx.platform.clone().with_initrd(range)?;
     }
 
     let tables = acpi::build(ctx.platform, layout::ACPI_TABLES)
