@@ -149,20 +149,9 @@ fn an_incompatible_host_smmu_is_refused_by_name() {
     if !cfg!(target_arch = "aarch64") {
         return;
     }
-    let kernel = repo().join("Cargo.toml");
-    let out = microvmm(&[
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--iommu",
-        "nested-smmuv3",
-        "--dry-run",
-        "--host-description",
-        &host("big-endian-smmu.json"),
-        "--device",
-        "vfio=0000:02:00.0",
-    ]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let devices = ["0000:02:00.0".to_string()];
+    let (status, err, _) = dump_nested("big-endian-smmu.json", &devices, "acpi");
+    assert_eq!(status, Some(2));
     assert!(
         err.contains("host SMMU smmu3.0x000000000c000000 (behind 0000:02:00.0) cannot back a nested vSMMUv3: it walks big-endian tables only"),
         "{err}"
@@ -257,59 +246,15 @@ fn three_vsmmus_in_the_iort_and_the_device_tree() {
     if !cfg!(target_arch = "aarch64") {
         return;
     }
-    let kernel = repo().join("Cargo.toml");
+    let devices = ["0000:02:00.0", "0000:09:00.0", "0000:11:00.0"].map(String::from);
     for boot in ["acpi", "dt"] {
-        let dir =
-            std::env::temp_dir().join(format!("microvmm-3smmu-{boot}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let out = microvmm(&[
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--boot",
-            boot,
-            "--iommu",
-            "nested-smmuv3",
-            "--dry-run",
-            "--dump-platform",
-            dir.to_str().unwrap(),
-            "--host-description",
-            &host("three-smmus.json"),
-            "--device",
-            "vfio=0000:02:00.0",
-            "--device",
-            "vfio=0000:09:00.0",
-            "--device",
-            "vfio=0000:11:00.0",
-        ]);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (status, err, dir) = dump_nested("three-smmus.json", &devices, boot);
+        assert_eq!(status, Some(0), "{err}");
         if boot == "acpi" {
-            let decoded = Command::new("iasl")
-                .args(["-d", "IORT.aml"])
-                .current_dir(&dir)
-                .output()
-                .unwrap();
-            assert!(decoded.status.success());
-            let dsl = std::fs::read_to_string(dir.join("IORT.dsl")).unwrap();
-            let smmus = dsl.matches("Type : 04").count();
-            assert_eq!(smmus, 3, "SMMUv3 nodes in\n{dsl}");
-            assert_eq!(
-                dsl.matches("Type : 02").count(),
-                3,
-                "one root complex per bridge"
-            );
-            assert_eq!(dsl.matches("Type : 06").count(), 3, "one RMR per vSMMU");
+            // SMMUv3, root complex and RMR nodes: one each per vSMMU and its bridge.
+            assert_eq!(iort_nodes(&dir), [3, 3, 3]);
         } else {
-            let dts = Command::new("dtc")
-                .args(["-I", "dtb", "-O", "dts", "guest.dtb"])
-                .current_dir(&dir)
-                .output()
-                .unwrap();
-            let dts = String::from_utf8_lossy(&dts.stdout);
+            let dts = dts(&dir);
             assert_eq!(dts.matches("\"arm,smmu-v3\"").count(), 3, "{dts}");
             assert_eq!(dts.matches("iommu-map = ").count(), 3, "{dts}");
         }
@@ -351,6 +296,28 @@ fn dump_nested(
     let out = microvmm(&args);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     (out.status.code(), err, dir)
+}
+
+/// The dumped IORT's SMMUv3, root complex and RMR nodes, counted in iasl's decoding.
+fn iort_nodes(dir: &std::path::Path) -> [usize; 3] {
+    let decoded = Command::new("iasl")
+        .args(["-d", "IORT.aml"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(decoded.status.success());
+    let dsl = std::fs::read_to_string(dir.join("IORT.dsl")).unwrap();
+    ["04", "02", "06"].map(|kind| dsl.matches(&format!("Type : {kind}")).count())
+}
+
+/// dtc's decoding of the dumped device tree.
+fn dts(dir: &std::path::Path) -> String {
+    let dts = Command::new("dtc")
+        .args(["-I", "dtb", "-O", "dts", "guest.dtb"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&dts.stdout).into_owned()
 }
 
 /// The StreamIDs each IORT RMR node names, read from the table's bytes (the installed iasl
@@ -409,33 +376,12 @@ fn forty_functions_behind_two_host_smmus_reach_the_iort_and_the_device_tree() {
             })
             .collect();
         if boot == "acpi" {
-            let decoded = Command::new("iasl")
-                .args(["-d", "IORT.aml"])
-                .current_dir(&dir)
-                .output()
-                .unwrap();
-            assert!(decoded.status.success());
-            let dsl = std::fs::read_to_string(dir.join("IORT.dsl")).unwrap();
-            assert_eq!(
-                dsl.matches("Type : 04").count(),
-                2,
-                "SMMUv3 nodes in\n{dsl}"
-            );
-            assert_eq!(
-                dsl.matches("Type : 02").count(),
-                2,
-                "root complexes in\n{dsl}"
-            );
+            assert_eq!(iort_nodes(&dir), [2, 2, 2]);
             // Each vSMMU's RMR names exactly its bridge's functions' StreamIDs (= RIDs).
             let iort = std::fs::read(dir.join("IORT.aml")).unwrap();
             assert_eq!(rmr_stream_ids(&iort), rids);
         } else {
-            let dts = Command::new("dtc")
-                .args(["-I", "dtb", "-O", "dts", "guest.dtb"])
-                .current_dir(&dir)
-                .output()
-                .unwrap();
-            let dts = String::from_utf8_lossy(&dts.stdout);
+            let dts = dts(&dir);
             assert_eq!(dts.matches("\"arm,smmu-v3\"").count(), 2, "{dts}");
             assert_eq!(dts.matches("iommu-map = ").count(), 2, "{dts}");
             // A node per function behind a vSMMU, each named by the MSI window's
@@ -456,8 +402,8 @@ fn a_device_behind_an_unlisted_iommu_is_refused_by_name() {
     if !cfg!(target_arch = "aarch64") {
         return;
     }
-    let devices = ["0000:02:00.0".to_string(), "0000:05:00.0".to_string()];
-    let (status, err, dir) = dump_nested("unlisted-iommu.json", &devices, "acpi");
+    let devices = ["0000:02:00.0", "0000:05:00.0"].map(String::from);
+    let (status, err, _) = dump_nested("unlisted-iommu.json", &devices, "acpi");
     assert_eq!(status, Some(2), "{err}");
     assert!(
         err.contains(
@@ -465,5 +411,4 @@ fn a_device_behind_an_unlisted_iommu_is_refused_by_name() {
         ),
         "{err}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -69,7 +69,12 @@ const PCI_DEVICE_SHIFT: u32 = 11;
 /// The INTx swizzle repeats every four devices, so `interrupt-map` needs four slots and the mask
 /// keeps the low two device-number bits and the pin.
 const PCI_SWIZZLE_SLOTS: u8 = 4;
-const PCI_INTERRUPT_MAP_MASK: [u32; 4] = [3 << PCI_DEVICE_SHIFT, 0, 0, 0x7];
+const PCI_INTERRUPT_MAP_MASK: [u32; 4] = [
+    (PCI_SWIZZLE_SLOTS as u32 - 1) << PCI_DEVICE_SHIFT,
+    0,
+    0,
+    0x7,
+];
 
 #[derive(Debug, Error)]
 pub enum FdtError {

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use super::AcpiTable;
 use crate::aarch64::layout as arm;
 use crate::platform::{
-    ArchTimer, FirmwareInterface, GuestArch, GuestRange, InterruptController, PciBridge,
-    PciFunction, Platform, PowerControl, RegisterSpace, SerialPort, SmmuFeatures, VirtualSmmu,
+    ArchTimer, FirmwareInterface, GuestArch, GuestRange, InterruptController, PciBridge, Platform,
+    PowerControl, RegisterSpace, SerialPort, SmmuFeatures, VirtualSmmu,
 };
 use crate::x86_64::layout as x86;
 
@@ -194,19 +194,7 @@ fn pci_bridge(
 ) -> PciBridge {
     let (bus_start, bus_end) = BUS_RANGES[usize::from(segment) % BUS_RANGES.len()];
     let buses = u64::from(bus_end - bus_start) + 1;
-    let function = |device: u8| {
-        let rid = u16::from(bus_start) << 8 | u16::from(device) << 3;
-        PciFunction {
-            bus: bus_start,
-            device,
-            function: 0,
-            rid,
-            // The offset in the bridge's RID span, as the msi-map and the IORT say.
-            msi_device_id: msi_base + u32::from(rid) - (u32::from(bus_start) << 8),
-            label: format!("0000:{:02x}:{device:02x}.0", 0x10 + segment),
-        }
-    };
-    PciBridge {
+    let mut bridge = PciBridge {
         segment,
         bus_start,
         bus_end,
@@ -215,8 +203,15 @@ fn pci_bridge(
         mmio64,
         msi_base,
         intx,
-        functions: vec![function(0), function(5)],
+        functions: Vec::new(),
+    };
+    for device in [0, 5] {
+        let label = format!("0000:{:02x}:{device:02x}.0", 0x10 + segment);
+        bridge
+            .functions
+            .push(bridge.function(bus_start, device, 0, label));
     }
+    bridge
 }
 
 /// FNV-1a, to pin the exact bytes of an encoding in a test without storing them.
