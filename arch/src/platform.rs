@@ -132,8 +132,8 @@ pub struct PciFunction {
     pub function: u8,
     /// Requester ID: bus << 8 | device << 3 | function.
     pub rid: u16,
-    /// aarch64: the ITS device ID its MSIs carry ([`PciBridge::msi_map`] of the RID). x86:
-    /// unused (MSIs go to the local APICs).
+    /// aarch64: the ITS device ID its MSIs carry ([`PciBridge::msi_map`] of the RID). x86: the
+    /// same number, which no MSI carries.
     pub msi_device_id: u32,
     /// What the user passed (host BDF or sysfs path), for messages and dumps.
     pub label: String,
@@ -336,7 +336,8 @@ pub enum SmmuMode {
 pub struct VirtualSmmu {
     /// Its index among the guest's vSMMUs (IORT node order, DT phandle `fdt::phandle::smmu`).
     pub index: u16,
-    /// The segment of the bridge it translates; StreamID = the function's RID.
+    /// The segment of the bridge it translates ([`Platform::bridge_for`]); StreamIDs are
+    /// [`PciFunction::stream_id`].
     pub segment: u16,
     /// Register pages 0 and 1 (128 KiB).
     pub registers: GuestRange,
@@ -415,5 +416,35 @@ mod tests {
         assert!(r.overlaps(&GuestRange::new(0x1fff, 1)));
         assert!(!r.overlaps(&GuestRange::new(0x2000, 0x1000)));
         assert!(!r.overlaps(&GuestRange::new(0, 0x1000)));
+    }
+
+    #[test]
+    fn derived_identities_by_hand() {
+        // Buses 0x10..=0x1f, ITS device IDs from 0x2_0000.
+        let mut bridge = crate::acpi::testutil::aarch64_pci_bridges(2).remove(1);
+        bridge.msi_base = 0x2_0000;
+        let f = bridge.function(0x11, 3, 2, "f".into());
+        assert_eq!(
+            (f.rid, f.msi_device_id, f.stream_id()),
+            (0x111a, 0x2_011a, 0x111a)
+        );
+        let ids = |r: IdRange| (r.input_base, r.count, r.output_base);
+        assert_eq!(ids(bridge.msi_map()), (0x1000, 0x1000, 0x2_0000));
+        assert_eq!(ids(bridge.iommu_map()), (0x1000, 0x1000, 0x1000));
+        assert_eq!(ids(bridge.smmu_msi_map()), (0x1000, 0x1000, 0x2_0000));
+        assert_eq!(
+            (bridge.ecam_bytes(), bridge.ecam.base - bridge.ecam_bus0()),
+            (16 << 20, 16 << 20)
+        );
+
+        // Slot 1 INTA lands on the bridge's INTB line; slot 3 INTD on INTC; slot 6 INTC on INTA.
+        bridge.intx = [40, 41, 42, 43];
+        let pin = |register| IntxPin::from_register(register).unwrap();
+        assert_eq!(bridge.intx_line(0, pin(1)), 40);
+        assert_eq!(bridge.intx_line(1, pin(1)), 41);
+        assert_eq!(bridge.intx_line(3, pin(4)), 42);
+        assert_eq!(bridge.intx_line(6, pin(3)), 40);
+        assert_eq!(IntxPin::from_register(0), None);
+        assert_eq!(IntxPin::from_register(5), None);
     }
 }
