@@ -689,8 +689,8 @@ fn check_memory(memory: &[GuestRange]) -> Result<(), PlatformError> {
 /// Each function is a function of the bridge's buses, alone at its address, with the IDs
 /// [`PciBridge::function`] gives that address.
 fn check_functions(bridge: &PciBridge) -> Result<(), PlatformError> {
+    let at = |g: &super::PciFunction| (g.bus, g.device, g.function);
     for (i, f) in bridge.functions.iter().enumerate() {
-        let at = |g: &super::PciFunction| (g.bus, g.device, g.function);
         let outside = !(bridge.bus_start..=bridge.bus_end).contains(&f.bus)
             || f.device >= PCI_DEVICES
             || f.function >= PCI_FUNCTIONS;
