@@ -76,10 +76,8 @@ pub enum VmError {
     Bus(#[from] BusError),
     #[error("the plan with the initramfs where it was loaded")]
     Initrd(#[from] arch::platform::PlatformError),
-    #[error("the plan names host devices, but they were described, not probed on this host")]
-    NotProbed,
     #[error("passthrough")]
-    Vfio(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Passthrough(#[from] pci::PassthroughError),
     #[error("{step}")]
     Io {
         step: &'static str,
@@ -198,9 +196,12 @@ pub fn build(
     exit: Arc<ExitSignal>,
 ) -> Result<Vm, VmError> {
     let mut platform = plan.clone();
+    // Declared before the VM fd so that, should the build fail, the VM (and its memslots) is
+    // dropped before the guest RAM they point at.
+    let memory: GuestMemoryMmap;
     let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
     let vm = Arc::new(guest::create_vm(&kvm)?);
-    let memory = guest_memory(&vm, &platform.memory)?;
+    memory = guest_memory(&vm, &platform.memory)?;
     let mut buses = Buses {
         mmio: Bus::new(),
         pio: Bus::new(),
