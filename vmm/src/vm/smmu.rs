@@ -23,7 +23,8 @@ use crate::nested::{NestedError, NestedSmmu};
 pub enum VsmmuError {
     #[error("vSMMU {index} (host SMMU {host}) has no device behind it")]
     NoDevice { index: u16, host: String },
-    #[error("vSMMU {index} (host SMMU {host}): its nested backend")]
+    /// The cause names the host SMMU.
+    #[error("vSMMU {index}")]
     Nested {
         index: u16,
         host: String,
