@@ -19,12 +19,13 @@ mod x86_64;
 #[cfg(target_arch = "x86_64")]
 use x86_64 as guest;
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use arch::boot::BootLayout;
 use arch::platform::{CheckedPlatform, GuestRange, Platform};
 use devices::bus::{Bus, BusError};
 use devices::serial::SerialDevice;
@@ -35,6 +36,8 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::config::{RebootAction, SerialConfig, VmConfig};
 use crate::host::ProbedHost;
+use crate::payload::Payload;
+use crate::plan::Plan;
 use exit::{ExitSignal, GuestExit};
 use vcpu::{Buses, VcpuThreads};
 
@@ -59,10 +62,8 @@ pub enum VmError {
         #[source]
         source: io::Error,
     },
-    #[error("loading the kernel {path}: {message}")]
-    Kernel { path: PathBuf, message: String },
-    #[error("loading the initramfs {path}: {message}")]
-    Initramfs { path: PathBuf, message: String },
+    #[error("setting up the guest's boot state")]
+    Boot(#[from] guest::BootError),
     #[error("building the firmware tables: {0}")]
     Firmware(String),
     #[error("writing {what} to guest memory at {addr:#x}")]
@@ -74,8 +75,6 @@ pub enum VmError {
     },
     #[error("placing a device")]
     Bus(#[from] BusError),
-    #[error("the plan with the initramfs where it was loaded")]
-    Initrd(#[from] arch::platform::PlatformError),
     #[error("the plan names host devices, but they were described, not probed on this host")]
     NotProbed,
     #[error("passthrough")]
@@ -98,8 +97,9 @@ pub(crate) fn io_err(step: &'static str) -> impl FnOnce(io::Error) -> VmError {
 
 /// What the arch-specific build needs and fills in.
 pub(crate) struct BuildContext<'a> {
-    pub config: &'a VmConfig,
-    pub platform: &'a mut CheckedPlatform,
+    pub platform: &'a CheckedPlatform,
+    pub boot: &'a BootLayout,
+    pub payload: &'a Payload,
     pub vm: &'a VmFd,
     #[cfg_attr(target_arch = "aarch64", allow(dead_code))]
     pub kvm: &'a Kvm,
@@ -117,14 +117,6 @@ impl BuildContext<'_> {
         self.memory
             .write_slice(bytes, GuestAddress(addr))
             .map_err(|source| VmError::GuestWrite { what, addr, source })
-    }
-
-    pub fn open_payload(&self, what: &'static str, path: &PathBuf) -> Result<File, VmError> {
-        File::open(path).map_err(|source| VmError::File {
-            what,
-            path: path.clone(),
-            source,
-        })
     }
 }
 
@@ -193,11 +185,12 @@ fn guest_memory(vm: &VmFd, regions: &[GuestRange]) -> Result<GuestMemoryMmap, Vm
 /// Builds the VM the plan describes on the probed host.
 pub fn build(
     config: &VmConfig,
-    plan: &CheckedPlatform,
+    plan: &Plan,
+    payload: &Payload,
     host: &ProbedHost,
     exit: Arc<ExitSignal>,
 ) -> Result<Vm, VmError> {
-    let mut platform = plan.clone();
+    let platform = plan.platform.clone();
     let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
     let vm = Arc::new(guest::create_vm(&kvm)?);
     let memory = guest_memory(&vm, &platform.memory)?;
@@ -219,8 +212,9 @@ pub fn build(
         }
     };
     let mut ctx = BuildContext {
-        config,
-        platform: &mut platform,
+        platform: &platform,
+        boot: &plan.boot,
+        payload,
         vm: &vm,
         kvm: &kvm,
         memory: &memory,
@@ -305,14 +299,15 @@ impl Vm {
 /// Builds and runs the planned guest, restarting it on reset when asked to.
 pub fn run(
     config: &VmConfig,
-    plan: &CheckedPlatform,
+    plan: &Plan,
+    payload: &Payload,
     host: &ProbedHost,
 ) -> Result<GuestExit, VmError> {
     let signals = event_loop::signal_fd().map_err(io_err("setting up signal handling"))?;
     vcpu::install_kick_handler().map_err(io_err("installing the vCPU kick handler"))?;
     loop {
         let exit = Arc::new(ExitSignal::new().map_err(io_err("creating the exit eventfd"))?);
-        let vm = build(config, plan, host, exit)?;
+        let vm = build(config, plan, payload, host, exit)?;
         log::info!(
             "guest starting: {} vCPUs, {} MiB",
             vm.platform().vcpus,
