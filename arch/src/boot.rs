@@ -222,3 +222,157 @@ pub fn encode(platform: &CheckedPlatform, layout: &BootLayout) -> Result<GuestTa
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acpi::testutil::{MIB, aarch64_firmware_region, aarch64_platform, x86_platform};
+    use crate::x86_64::layout as x86_layout;
+
+    fn arm64_kernel() -> PayloadFootprint {
+        PayloadFootprint {
+            kernel: KernelFootprint::Arm64Image(ImageFootprint {
+                text_offset: 0,
+                image_size: 32 * MIB,
+            }),
+            initrd_size: None,
+        }
+    }
+
+    fn bzimage(cmdline_size: u32) -> PayloadFootprint {
+        PayloadFootprint {
+            kernel: KernelFootprint::BzImage(BzImageFootprint {
+                range: GuestRange::new(x86_layout::HIMEM_START, 24 * MIB),
+                entry: x86_layout::HIMEM_START + 0x200,
+                initrd_addr_max: 0x7fff_ffff,
+                cmdline_size,
+            }),
+            initrd_size: None,
+        }
+    }
+
+    #[test]
+    fn cmdline_fits_the_kernel_buffer() {
+        let mut arm = aarch64_platform(1);
+        arm.cmdline = "x".repeat(image::CMDLINE_CAPACITY - 1);
+        layout(&arm, &arm64_kernel()).unwrap();
+        let cmdline = kernel_cmdline(&arm.cmdline, 2047).unwrap();
+        assert_eq!(
+            cmdline.as_cstring().unwrap().as_bytes(),
+            arm.cmdline.as_bytes()
+        );
+
+        arm.cmdline.push('x');
+        let err = layout(&arm, &arm64_kernel()).unwrap_err();
+        assert!(
+            matches!(err, LayoutError::CmdlineTooLong { len, max: 2047 } if len == image::CMDLINE_CAPACITY),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("at most 2047"), "{err}");
+
+        arm.cmdline = "console=ttyAMA0\0init=/bin/sh".into();
+        let err = layout(&arm, &arm64_kernel()).unwrap_err();
+        assert!(matches!(err, LayoutError::CmdlineNul), "{err:?}");
+
+        // An x86 kernel says how long a line it takes.
+        let mut pc = x86_platform(1);
+        pc.cmdline = "0123456789abcdefg".into();
+        let err = layout(&pc, &bzimage(16)).unwrap_err();
+        assert_eq!(err, LayoutError::CmdlineTooLong { len: 17, max: 16 });
+        layout(&pc, &bzimage(17)).unwrap();
+    }
+
+    #[test]
+    fn a_kernel_for_another_arch_is_refused() {
+        let err = layout(&x86_platform(1), &arm64_kernel()).unwrap_err();
+        assert_eq!(err, LayoutError::WrongKernel(GuestArch::X86_64));
+        let err = layout(&aarch64_platform(1), &bzimage(2047)).unwrap_err();
+        assert_eq!(err, LayoutError::WrongKernel(GuestArch::Aarch64));
+        let mut none = aarch64_platform(1);
+        none.memory.clear();
+        assert_eq!(layout(&none, &arm64_kernel()), Err(LayoutError::NoRam));
+    }
+
+    fn checked(platform: Platform) -> CheckedPlatform {
+        platform.check().expect("a valid platform")
+    }
+
+    #[test]
+    fn acpi_boot_blobs_are_the_stub_then_the_tables_then_the_efi_structures() {
+        let platform = checked(aarch64_platform(4));
+        let boot = layout(&platform, &arm64_kernel()).unwrap();
+        assert_eq!(boot.firmware_tables, aarch64_firmware_region());
+        let tables = encode(&platform, &boot).unwrap();
+        let acpi = efi::acpi_boot(&platform, boot.firmware_tables).unwrap();
+        let mut expected = vec![(boot.device_tree.unwrap().base, acpi.stub_dtb.clone())];
+        expected.extend(
+            acpi.tables
+                .tables
+                .iter()
+                .map(|t| (t.address, t.bytes.clone())),
+        );
+        expected.extend(acpi.efi.blobs.iter().map(|b| (b.address, b.bytes.clone())));
+        let got: Vec<(u64, Vec<u8>)> = tables
+            .blobs
+            .iter()
+            .map(|b| (b.address, b.bytes.clone()))
+            .collect();
+        assert_eq!(got, expected);
+        assert_eq!(tables.rsdp, Some(acpi.tables.rsdp));
+        // Dumped: the stub and the tables, by name; not the EFI structures.
+        let files: Vec<&str> = tables
+            .blobs
+            .iter()
+            .filter_map(|b| b.file.as_deref())
+            .collect();
+        assert_eq!(files.len(), 1 + acpi.tables.tables.len());
+        assert_eq!(files[0], "guest.dtb");
+        assert!(files.contains(&"SPCR.aml"));
+    }
+
+    #[test]
+    fn the_device_tree_goes_in_its_slot_or_is_refused() {
+        let mut arm = aarch64_platform(1);
+        arm.firmware = FirmwareInterface::DeviceTree;
+        let platform = checked(arm);
+        let mut boot = layout(&platform, &arm64_kernel()).unwrap();
+        let tables = encode(&platform, &boot).unwrap();
+        assert_eq!(tables.blobs.len(), 1);
+        assert_eq!(tables.blobs[0].address, boot.device_tree.unwrap().base);
+        assert_eq!(tables.blobs[0].bytes, fdt::device_tree(&platform).unwrap());
+        assert_eq!(tables.rsdp, None);
+
+        boot.device_tree = Some(GuestRange::new(boot.device_tree.unwrap().base, 64));
+        assert!(matches!(
+            encode(&platform, &boot),
+            Err(EncodeError::DeviceTreeTooLarge { max: 64, .. })
+        ));
+        boot.device_tree = None;
+        assert!(matches!(
+            encode(&platform, &boot),
+            Err(EncodeError::NoDeviceTreeSlot)
+        ));
+    }
+
+    #[test]
+    fn x86_tables_are_the_acpi_tables_at_their_fixed_place() {
+        let platform = checked(x86_platform(2));
+        let boot = layout(&platform, &bzimage(2047)).unwrap();
+        assert_eq!(boot.firmware_tables, x86_layout::ACPI_TABLES);
+        assert_eq!(boot.device_tree, None);
+        let tables = encode(&platform, &boot).unwrap();
+        let acpi = acpi::build(&platform, x86_layout::ACPI_TABLES).unwrap();
+        assert_eq!(tables.rsdp, Some(acpi.rsdp));
+        let got: Vec<(Option<String>, u64)> = tables
+            .blobs
+            .iter()
+            .map(|b| (b.file.clone(), b.address))
+            .collect();
+        let want: Vec<(Option<String>, u64)> = acpi
+            .tables
+            .iter()
+            .map(|t| (Some(format!("{}.aml", t.signature)), t.address))
+            .collect();
+        assert_eq!(got, want);
+    }
+}

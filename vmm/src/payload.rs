@@ -1,15 +1,16 @@
 //! The boot payload, opened and checked once before planning: the kernel's format and footprint,
 //! the initramfs's size. The plan places both from what is learnt here; the build writes them
-//! where the plan says, from the files opened here, and reads nothing else.
+//! where the plan says, from the files opened here, with the firmware tables the plan encodes to.
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use arch::boot::{BootLayout, KernelFootprint, PayloadFootprint};
+use arch::boot::{EncodeError, GuestTables, KernelFootprint, PayloadFootprint};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError};
 
 use crate::config::VmConfig;
+use crate::plan::Plan;
 
 /// The kernel format of the host's (and so the guest's) architecture.
 #[cfg(target_arch = "aarch64")]
@@ -45,6 +46,15 @@ pub enum PayloadError {
     #[error("payload.initramfs: cannot read {path} into guest memory at {addr:#x}")]
     LoadInitramfs {
         path: PathBuf,
+        addr: u64,
+        #[source]
+        source: GuestMemoryError,
+    },
+    #[error("encoding the firmware tables")]
+    Encode(#[from] EncodeError),
+    #[error("writing {what} to guest memory at {addr:#x}")]
+    GuestWrite {
+        what: &'static str,
         addr: u64,
         #[source]
         source: GuestMemoryError,
@@ -137,12 +147,14 @@ impl Payload {
         &self.kernel
     }
 
-    /// Writes the kernel and the initramfs where `layout`, planned from this payload, puts them.
+    /// Writes the kernel, the initramfs and the firmware tables where `plan`, made for this
+    /// payload, puts them; returns the tables written.
     pub fn load<M: GuestMemoryBackend>(
         &self,
         mem: &M,
-        layout: &BootLayout,
-    ) -> Result<(), PayloadError> {
+        plan: &Plan,
+    ) -> Result<GuestTables, PayloadError> {
+        let layout = &plan.boot;
         let kernel_err = |source| PayloadError::LoadKernel {
             path: self.kernel_file.path.clone(),
             source,
@@ -168,6 +180,129 @@ impl Payload {
             mem.read_exact_volatile_from(GuestAddress(range.base), &mut file, *size as usize)
                 .map_err(load_err)?;
         }
-        Ok(())
+        let tables = arch::boot::encode(&plan.platform, layout)?;
+        for blob in &tables.blobs {
+            mem.write_slice(&blob.bytes, GuestAddress(blob.address))
+                .map_err(|source| PayloadError::GuestWrite {
+                    what: blob.what,
+                    addr: blob.address,
+                    source,
+                })?;
+        }
+        Ok(tables)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BootMode, ByteSize, HostArch, MemoryConfig};
+    use crate::host::HostDescription;
+
+    type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+
+    fn manifest_dir() -> &'static Path {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    /// The test kernel of `tests/common` for this host, and `initramfs`.
+    fn config(initramfs: &Path) -> VmConfig {
+        let kernel = if cfg!(target_arch = "aarch64") {
+            "Image"
+        } else {
+            "bzImage"
+        };
+        let mut c = VmConfig {
+            memory: MemoryConfig {
+                size: ByteSize(256 << 20),
+            },
+            ..Default::default()
+        };
+        c.payload.kernel = Some(manifest_dir().join("tests/kernels").join(kernel));
+        c.payload.initramfs = Some(initramfs.to_path_buf());
+        c
+    }
+
+    fn memory(plan: &Plan) -> GuestMemoryMmap {
+        let ranges: Vec<_> = plan
+            .memory
+            .iter()
+            .map(|r| (GuestAddress(r.base), r.size as usize))
+            .collect();
+        GuestMemoryMmap::from_ranges(&ranges).unwrap()
+    }
+
+    fn guest_bytes(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+        let mut bytes = vec![0; len];
+        mem.read_slice(&mut bytes, GuestAddress(addr)).unwrap();
+        bytes
+    }
+
+    /// What `--dump-platform` writes is what the build puts in guest memory, initrd included.
+    #[test]
+    fn the_dump_is_what_the_guest_gets() {
+        let initramfs = manifest_dir().join("Cargo.toml");
+        for boot in [BootMode::Dt, BootMode::Acpi] {
+            let mut c = config(&initramfs);
+            c.boot = Some(boot);
+            let payload = Payload::open(&c).unwrap();
+            let plan = crate::plan::platform(
+                &c,
+                HostArch::current(),
+                &HostDescription::default(),
+                &payload.footprint(),
+            )
+            .unwrap();
+            let mem = memory(&plan);
+            let written = payload.load(&mem, &plan).unwrap();
+
+            let dumped = crate::dump::guest_tables(&plan.platform, &plan.boot).unwrap();
+            let files: Vec<(&String, u64)> = written
+                .blobs
+                .iter()
+                .filter_map(|b| Some((b.file.as_ref()?, b.address)))
+                .collect();
+            assert_eq!(files.len(), dumped.len());
+            for ((name, bytes), (file, address)) in dumped.iter().zip(files) {
+                assert_eq!(name, file);
+                assert_eq!(&guest_bytes(&mem, address, bytes.len()), bytes, "{name}");
+            }
+
+            let initrd = plan.boot.initrd.unwrap();
+            assert_eq!(plan.initrd, Some(initrd));
+            let data = std::fs::read(&initramfs).unwrap();
+            assert_eq!(guest_bytes(&mem, initrd.base, data.len()), data);
+            // The kernel's first bytes where the plan put it (a bzImage without its setup code).
+            let kernel = std::fs::read(c.payload.kernel.as_ref().unwrap()).unwrap();
+            let image = &kernel[if cfg!(target_arch = "aarch64") {
+                0
+            } else {
+                1024
+            }..];
+            assert_eq!(guest_bytes(&mem, plan.boot.kernel.base, image.len()), image);
+        }
+    }
+
+    #[test]
+    fn an_initramfs_that_shrank_since_it_was_planned_is_named() {
+        let path = std::env::temp_dir().join(format!("microvmm-initrd-{}", std::process::id()));
+        std::fs::write(&path, vec![7u8; 0x3000]).unwrap();
+        let c = config(&path);
+        let payload = Payload::open(&c).unwrap();
+        let plan = crate::plan::platform(
+            &c,
+            HostArch::current(),
+            &HostDescription::default(),
+            &payload.footprint(),
+        )
+        .unwrap();
+        std::fs::write(&path, vec![7u8; 10]).unwrap();
+        let mem = memory(&plan);
+        let err = payload.load(&mem, &plan).unwrap_err();
+        assert!(
+            matches!(&err, PayloadError::LoadInitramfs { path: p, .. } if *p == path),
+            "{err}"
+        );
+        let _ = std::fs::remove_file(&path);
     }
 }

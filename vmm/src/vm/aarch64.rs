@@ -4,7 +4,6 @@
 use std::mem::offset_of;
 use std::sync::{Arc, Mutex};
 
-use arch::boot::EncodeError;
 use arch::platform::{Aarch64Parts, ArchParts, Gic, InterruptController};
 use devices::serial::SERIAL_REGISTERS;
 use kvm_bindings::{
@@ -33,8 +32,6 @@ pub enum BootError {
     OtherArch,
     #[error("loading the payload")]
     Payload(#[from] PayloadError),
-    #[error("encoding the firmware tables")]
-    Encode(#[from] EncodeError),
     #[error("the boot layout has no device tree for X0")]
     NoDeviceTree,
 }
@@ -62,14 +59,10 @@ pub(crate) fn setup(ctx: &mut BuildContext) -> Result<(Vec<VcpuFd>, ArchState), 
     attach_serial(ctx, &parts)?;
 
     ctx.payload
-        .load(ctx.memory, ctx.boot)
+        .load(ctx.memory, ctx.plan)
         .map_err(BootError::Payload)?;
-    let tables = arch::boot::encode(ctx.platform, ctx.boot).map_err(BootError::Encode)?;
-    for blob in &tables.blobs {
-        ctx.write_blob(blob.what, blob.address, &blob.bytes)?;
-    }
-    let fdt = ctx.boot.device_tree.ok_or(BootError::NoDeviceTree)?;
-    set_boot_registers(&vcpus[0], ctx.boot.entry, fdt.base)?;
+    let fdt = ctx.plan.boot.device_tree.ok_or(BootError::NoDeviceTree)?;
+    set_boot_registers(&vcpus[0], ctx.plan.boot.entry, fdt.base)?;
     Ok((
         vcpus,
         ArchState {

@@ -25,13 +25,12 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use arch::boot::BootLayout;
 use arch::platform::{CheckedPlatform, GuestRange, Platform};
 use devices::bus::{Bus, BusError};
 use devices::serial::SerialDevice;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::config::{RebootAction, SerialConfig, VmConfig};
@@ -66,13 +65,6 @@ pub enum VmError {
     Boot(#[from] guest::BootError),
     #[error("building the firmware tables: {0}")]
     Firmware(String),
-    #[error("writing {what} to guest memory at {addr:#x}")]
-    GuestWrite {
-        what: &'static str,
-        addr: u64,
-        #[source]
-        source: vm_memory::GuestMemoryError,
-    },
     #[error("placing a device")]
     Bus(#[from] BusError),
     #[error("the plan names host devices, but they were described, not probed on this host")]
@@ -98,7 +90,7 @@ pub(crate) fn io_err(step: &'static str) -> impl FnOnce(io::Error) -> VmError {
 /// What the arch-specific build needs and fills in.
 pub(crate) struct BuildContext<'a> {
     pub platform: &'a CheckedPlatform,
-    pub boot: &'a BootLayout,
+    pub plan: &'a Plan,
     pub payload: &'a Payload,
     pub vm: &'a VmFd,
     #[cfg_attr(target_arch = "aarch64", allow(dead_code))]
@@ -110,14 +102,6 @@ pub(crate) struct BuildContext<'a> {
     pub serial_irq: Option<EventFd>,
     #[cfg_attr(target_arch = "aarch64", allow(dead_code))]
     pub exit: Arc<ExitSignal>,
-}
-
-impl BuildContext<'_> {
-    pub fn write_blob(&self, what: &'static str, addr: u64, bytes: &[u8]) -> Result<(), VmError> {
-        self.memory
-            .write_slice(bytes, GuestAddress(addr))
-            .map_err(|source| VmError::GuestWrite { what, addr, source })
-    }
 }
 
 /// A built, not yet running VM.
@@ -213,7 +197,7 @@ pub fn build(
     };
     let mut ctx = BuildContext {
         platform: &platform,
-        boot: &plan.boot,
+        plan,
         payload,
         vm: &vm,
         kvm: &kvm,

@@ -3,7 +3,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use arch::boot::EncodeError;
 use arch::platform::ArchParts;
 use arch::x86_64::{boot, cpuid, layout, regs};
 use devices::bus::BusDevice;
@@ -26,8 +25,6 @@ pub enum BootError {
     OtherArch,
     #[error("loading the payload")]
     Payload(#[from] PayloadError),
-    #[error("encoding the ACPI tables")]
-    Encode(#[from] EncodeError),
     #[error("writing the zero page and the command line")]
     BootParams(#[source] boot::BootError),
     #[error("writing the boot page tables and GDT")]
@@ -85,19 +82,16 @@ impl PowerEvents for ExitOnPower {
 pub(crate) fn setup(ctx: &mut BuildContext) -> Result<(Vec<VcpuFd>, ArchState), VmError> {
     attach_devices(ctx)?;
 
-    ctx.payload
-        .load(ctx.memory, ctx.boot)
+    let tables = ctx
+        .payload
+        .load(ctx.memory, ctx.plan)
         .map_err(BootError::Payload)?;
-    let tables = arch::boot::encode(ctx.platform, ctx.boot).map_err(BootError::Encode)?;
-    for blob in &tables.blobs {
-        ctx.write_blob(blob.what, blob.address, &blob.bytes)?;
-    }
     let rsdp = tables.rsdp.unwrap_or(0);
     boot::write_boot_params(ctx.memory, ctx.platform, ctx.payload.bzimage(), rsdp)
         .map_err(BootError::BootParams)?;
     regs::setup_boot_memory(ctx.memory).map_err(BootError::BootMemory)?;
 
-    let vcpus = create_vcpus(ctx, ctx.boot.entry)?;
+    let vcpus = create_vcpus(ctx, ctx.plan.boot.entry)?;
     Ok((vcpus, ArchState))
 }
 
