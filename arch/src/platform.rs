@@ -137,6 +137,9 @@ pub struct PciFunction {
     pub msi_device_id: u32,
     /// What the user passed (host BDF or sysfs path), for messages and dumps.
     pub label: String,
+    /// The passed-through device it is: its index in the VM's device list (and the host
+    /// description's), by which the build finds its host handles.
+    pub host_index: usize,
 }
 
 impl PciFunction {
@@ -215,7 +218,12 @@ impl PciBridge {
     }
 
     /// The function at `bus:device.function` of this bridge, with its IDs.
-    pub fn function(&self, bus: u8, device: u8, function: u8, label: String) -> PciFunction {
+    pub fn function(
+        &self,
+        (bus, device, function): (u8, u8, u8),
+        label: String,
+        host_index: usize,
+    ) -> PciFunction {
         let rid = u16::from(bus) << 8 | u16::from(device) << 3 | u16::from(function);
         PciFunction {
             bus,
@@ -224,6 +232,7 @@ impl PciBridge {
             rid,
             msi_device_id: self.its_device_id(u32::from(rid)),
             label,
+            host_index,
         }
     }
 
@@ -423,7 +432,7 @@ mod tests {
         // Buses 0x10..=0x1f, ITS device IDs from 0x2_0000.
         let mut bridge = crate::acpi::testutil::aarch64_pci_bridges(2).remove(1);
         bridge.msi_base = 0x2_0000;
-        let f = bridge.function(0x11, 3, 2, "f".into());
+        let f = bridge.function((0x11, 3, 2), "f".into(), 0);
         assert_eq!(
             (f.rid, f.msi_device_id, f.stream_id()),
             (0x111a, 0x2_011a, 0x111a)

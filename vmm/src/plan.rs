@@ -281,7 +281,7 @@ fn pci_topology(
                     });
                 }
                 let device = FIRST_DEVICE_SLOT + n as u8;
-                let function = bridge.function(ROOT_BUS, device, 0, label);
+                let function = bridge.function((ROOT_BUS, device, 0), label, i);
                 bridge.functions.push(function);
             }
             Ok(bridge)

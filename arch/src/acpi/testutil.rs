@@ -209,7 +209,7 @@ fn pci_bridge(
         let label = format!("0000:{:02x}:{device:02x}.0", 0x10 + segment);
         bridge
             .functions
-            .push(bridge.function(bus_start, device, 0, label));
+            .push(bridge.function((bus_start, device, 0), label, 0));
     }
     bridge
 }

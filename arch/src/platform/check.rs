@@ -696,7 +696,7 @@ fn check_functions(bridge: &PciBridge) -> Result<(), PlatformError> {
                 function: f.function,
             });
         }
-        if *f != bridge.function(f.bus, f.device, f.function, f.label.clone()) {
+        if *f != bridge.function((f.bus, f.device, f.function), f.label.clone(), f.host_index) {
             return Err(PlatformError::PciFunctionIds {
                 segment: bridge.segment,
                 label: f.label.clone(),
@@ -959,7 +959,7 @@ mod tests {
         check(|b| b.functions[1].msi_device_id += 1, "PciFunctionIds");
         // Moving a function with its IDs is fine.
         let b = &mut p.pci_bridges[1];
-        b.functions[1] = b.function(0x1f, 31, 7, "moved".into());
+        b.functions[1] = b.function((0x1f, 31, 7), "moved".into(), 0);
         p.check().unwrap();
     }
 

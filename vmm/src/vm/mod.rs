@@ -63,14 +63,10 @@ pub enum VmError {
     },
     #[error("setting up the guest's boot state")]
     Boot(#[from] guest::BootError),
-    #[error("building the firmware tables: {0}")]
-    Firmware(String),
     #[error("placing a device")]
     Bus(#[from] BusError),
-    #[error("the plan names host devices, but they were described, not probed on this host")]
-    NotProbed,
     #[error("passthrough")]
-    Vfio(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Passthrough(#[from] pci::PassthroughError),
     #[error("{step}")]
     Io {
         step: &'static str,
@@ -175,9 +171,12 @@ pub fn build(
     exit: Arc<ExitSignal>,
 ) -> Result<Vm, VmError> {
     let platform = plan.platform.clone();
+    // Declared before the VM fd so that, should the build fail, the VM (and its memslots) is
+    // dropped before the guest RAM they point at.
+    let memory: GuestMemoryMmap;
     let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
     let vm = Arc::new(guest::create_vm(&kvm)?);
-    let memory = guest_memory(&vm, &platform.memory)?;
+    memory = guest_memory(&vm, &platform.memory)?;
     let mut buses = Buses {
         mmio: Bus::new(),
         pio: Bus::new(),

@@ -14,19 +14,77 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use arch::platform::{IntxPin, PciBridge, Platform};
-use devices::bus::Bus;
+use devices::bus::{Bus, BusError};
 use devices::pci::{
     BarSpace, DirectMapping, InterruptRoute, PciAddress, PciRoot, PciSegmentHost, PciWindow,
 };
-use devices::vfio_pci::VfioPciDevice;
+use devices::vfio_pci::{VfioPciDevice, VfioPciError};
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
 
-use super::VmError;
-use super::irq::{IrqRouting, Msi};
+use super::irq::{IrqError, IrqRouting, Msi};
+use super::smmu::VsmmuError;
+use crate::bdf::PciBdf;
 use crate::host::{HostDevice, ProbedHost};
-use crate::vfio::VfioContext;
+use crate::vfio::{VfioContext, VfioError};
 use resources::{FunctionResources, Irqfd, MemslotSink, Vector};
+
+/// Why passthrough could not be set up; each names the device, bridge or vSMMU.
+#[derive(Debug, thiserror::Error)]
+pub enum PassthroughError {
+    #[error("the plan names host devices, but they were described, not probed on this host")]
+    NotProbed,
+    #[error(transparent)]
+    Vfio(#[from] VfioError),
+    #[error(transparent)]
+    Vsmmu(#[from] VsmmuError),
+    #[error("writing the initial GSI routing table")]
+    Routing(#[source] IrqError),
+    #[error("devices[{index}] ({bdf}): its VFIO-PCI model")]
+    Model {
+        index: usize,
+        bdf: PciBdf,
+        #[source]
+        source: VfioPciError,
+    },
+    #[error("devices[{index}] ({bdf}): its MSI/MSI-X vectors")]
+    Vectors {
+        index: usize,
+        bdf: PciBdf,
+        #[source]
+        source: IrqError,
+    },
+    #[error("devices[{index}] ({bdf}): its INTx irqfd on line {line}")]
+    Intx {
+        index: usize,
+        bdf: PciBdf,
+        line: u32,
+        #[source]
+        source: IrqError,
+    },
+    #[error("devices[{index}] ({bdf}): placing it at {segment:04x}:{address}")]
+    Place {
+        index: usize,
+        bdf: PciBdf,
+        segment: u16,
+        address: PciAddress,
+        #[source]
+        source: devices::pci::root::PciError,
+    },
+    #[error("PCI segment {segment}: {bus:02x}:{device:02x}.{function} is no PCI address")]
+    Address {
+        segment: u16,
+        bus: u8,
+        device: u8,
+        function: u8,
+    },
+    #[error("PCI segment {segment}: placing its windows on the MMIO bus")]
+    Bus {
+        segment: u16,
+        #[source]
+        source: BusError,
+    },
+}
 
 /// The host resources of one segment's functions, shared by its [`SegmentHost`] (which changes
 /// them as the guest programs the devices) and [`PciState`] (which releases them first).
@@ -156,20 +214,14 @@ pub fn attach(
     mmio: &Bus,
     routing: IrqRouting,
     memslots: Memslots,
-) -> Result<Option<PciState>, VmError> {
+) -> Result<Option<PciState>, PassthroughError> {
     if platform.pci_bridges.is_empty() {
         return Ok(None);
     }
-    let pci_err = |what: String| VmError::Firmware(what);
-    let Some(handles) = host.handles() else {
-        return Err(VmError::NotProbed);
-    };
+    let handles = host.handles().ok_or(PassthroughError::NotProbed)?;
     let hosts = &host.description.devices;
-    let vfio =
-        VfioContext::new(vm, memory, hosts, handles).map_err(|e| VmError::Vfio(Box::new(e)))?;
-    routing
-        .commit()
-        .map_err(|e| pci_err(format!("initial GSI routing: {e}")))?;
+    let vfio = VfioContext::new(vm, memory, hosts, handles)?;
+    routing.commit().map_err(PassthroughError::Routing)?;
     let routing = Arc::new(Mutex::new(routing));
     let memslots = Arc::new(Mutex::new(memslots));
     let page = page_size();
@@ -185,29 +237,22 @@ pub fn attach(
     for bridge in &platform.pci_bridges {
         let mut backends = Vec::new();
         for function in &bridge.functions {
-            let host = hosts
-                .iter()
-                .find(|h| h.bdf.to_string() == function.label)
-                .ok_or_else(|| pci_err(format!("no host device for {}", function.label)))?;
-            let backend = vfio
-                .open(host, handles)
-                .map_err(|e| VmError::Vfio(Box::new(e)))?;
+            let host = &hosts[function.host_index];
+            let backend = vfio.open(host, handles)?;
             backends.push((function, host, backend));
         }
         // The vSMMU in front of this bridge takes its functions before their models reset and
         // probe them: from then on their DMA follows the guest's stream table.
         if let Some(plan) = platform.smmu_for(bridge) {
-            let members = backends
+            let members: Vec<_> = backends
                 .iter()
-                .map(|(function, host, backend)| {
-                    Ok(super::smmu::SmmuFunction {
-                        device: backend.device(),
-                        dev_id: backend.dev_id(),
-                        sid: function.stream_id(),
-                        bdf: host.bdf.to_string(),
-                    })
+                .map(|(function, host, backend)| super::smmu::SmmuFunction {
+                    device: backend.device(),
+                    dev_id: backend.dev_id(),
+                    sid: function.stream_id(),
+                    bdf: host.bdf.to_string(),
                 })
-                .collect::<Result<Vec<_>, VmError>>()?;
+                .collect();
             let (instance, watch) =
                 super::smmu::attach(vm, plan, memory, vfio.iommufd(), &members, mmio)?;
             state.smmus.push(instance);
@@ -230,18 +275,34 @@ pub fn attach(
         state._roots.push(root.clone());
         for (function, host, backend) in backends {
             let handle = backend.device();
-            let model = VfioPciDevice::new(Box::new(backend), page).map_err(|e| {
-                VmError::Vfio(format!("devices[{}] ({}): {e}", host.index, host.bdf).into())
+            let model = VfioPciDevice::new(Box::new(backend), page).map_err(|source| {
+                PassthroughError::Model {
+                    index: host.index,
+                    bdf: host.bdf,
+                    source,
+                }
             })?;
-            let address = PciAddress::new(function.bus, function.device, function.function)
-                .ok_or_else(|| pci_err(format!("bad PCI address for {}", function.label)))?;
+            let address = PciAddress::new(function.bus, function.device, function.function).ok_or(
+                PassthroughError::Address {
+                    segment: bridge.segment,
+                    bus: function.bus,
+                    device: function.device,
+                    function: function.function,
+                },
+            )?;
             let vectors = allocate_vectors(&routing, &model, host)?;
             let intx = attach_intx(vm, bridge, function.device, &model, host)?;
             let model = Arc::new(Mutex::new(model));
             root.lock()
                 .expect("PCI root lock")
                 .add_device(address, model)
-                .map_err(|e| pci_err(format!("placing {address}: {e}")))?;
+                .map_err(|source| PassthroughError::Place {
+                    index: host.index,
+                    bdf: host.bdf,
+                    segment: bridge.segment,
+                    address,
+                    source,
+                })?;
             functions.lock().expect("functions lock").insert(
                 address,
                 FunctionResources::new(handle, function.msi_device_id, vectors, intx),
@@ -252,10 +313,16 @@ pub fn attach(
                 bridge.segment
             );
         }
-        mmio.insert(bridge.ecam.base, bridge.ecam.size, root.clone())?;
+        let bus_err = |source| PassthroughError::Bus {
+            segment: bridge.segment,
+            source,
+        };
+        mmio.insert(bridge.ecam.base, bridge.ecam.size, root.clone())
+            .map_err(bus_err)?;
         for window in [bridge.mmio32, bridge.mmio64] {
             let w = PciWindow::new(root.clone(), window.base, BarSpace::Memory);
-            mmio.insert(window.base, window.size, Arc::new(Mutex::new(w)))?;
+            mmio.insert(window.base, window.size, Arc::new(Mutex::new(w)))
+                .map_err(bus_err)?;
         }
     }
     Ok(Some(state))
@@ -274,16 +341,19 @@ fn allocate_vectors(
     routing: &Arc<Mutex<IrqRouting>>,
     model: &VfioPciDevice,
     host: &HostDevice,
-) -> Result<Vec<Vector>, VmError> {
+) -> Result<Vec<Vector>, PassthroughError> {
+    let err = |source| PassthroughError::Vectors {
+        index: host.index,
+        bdf: host.bdf,
+        source,
+    };
     let mut routing = routing.lock().expect("routing lock");
     model
         .vector_eventfds()
         .iter()
         .map(|evt| {
-            let gsi = routing.reserve().map_err(|e| {
-                VmError::Vfio(format!("devices[{}] ({}): {e}", host.index, host.bdf).into())
-            })?;
-            let eventfd = evt.try_clone().map_err(|e| VmError::Vfio(Box::new(e)))?;
+            let gsi = routing.reserve().map_err(err)?;
+            let eventfd = evt.try_clone().map_err(|e| err(IrqError::EventFd(e)))?;
             Ok(Vector {
                 gsi,
                 eventfd: Arc::new(eventfd),
@@ -300,7 +370,7 @@ fn attach_intx(
     slot: u8,
     model: &VfioPciDevice,
     host: &HostDevice,
-) -> Result<Option<Irqfd>, VmError> {
+) -> Result<Option<Irqfd>, PassthroughError> {
     let Some((trigger, resample)) = model.intx_eventfds() else {
         return Ok(None);
     };
@@ -308,12 +378,14 @@ fn attach_intx(
         return Ok(None);
     };
     let line = bridge.intx_line(slot, pin);
-    let trigger = trigger
-        .try_clone()
-        .map_err(|e| VmError::Vfio(Box::new(e)))?;
+    let err = |source| PassthroughError::Intx {
+        index: host.index,
+        bdf: host.bdf,
+        line,
+        source,
+    };
+    let trigger = trigger.try_clone().map_err(|e| err(IrqError::EventFd(e)))?;
     Irqfd::attach(vm.clone(), Arc::new(trigger), line, Some(resample))
         .map(Some)
-        .map_err(|e| {
-            VmError::Vfio(format!("devices[{}] ({}): INTx irqfd: {e}", host.index, host.bdf).into())
-        })
+        .map_err(|source| err(IrqError::Irqfd { gsi: line, source }))
 }

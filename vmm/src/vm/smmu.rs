@@ -5,18 +5,63 @@
 use std::sync::{Arc, Mutex};
 
 use arch::platform::{SmmuMode, VirtualSmmu};
-use devices::bus::Bus;
+use devices::bus::{Bus, BusError};
 use devices::pci::MsiMessage;
-use devices::smmuv3::{SmmuBackend, SmmuInterrupts, SmmuIrq, Smmuv3};
+use devices::smmuv3::{SmmuBackend, SmmuError, SmmuInterrupts, SmmuIrq, Smmuv3};
 use iommufd_ioctls::IommuFd;
 use kvm_ioctls::VmFd;
 use vfio_ioctls::VfioDevice;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::VmError;
 use super::event_loop::FdWatch;
-use crate::nested::NestedSmmu;
+use super::irq::IrqError;
+use crate::nested::{NestedError, NestedSmmu};
+
+/// Why a vSMMU could not be built; each names the vSMMU and its host SMMU.
+#[derive(Debug, thiserror::Error)]
+pub enum VsmmuError {
+    #[error("vSMMU {index} (host SMMU {host}) has no device behind it")]
+    NoDevice { index: u16, host: String },
+    /// The cause names the host SMMU.
+    #[error("vSMMU {index}")]
+    Nested {
+        index: u16,
+        host: String,
+        #[source]
+        source: NestedError,
+    },
+    #[error("vSMMU {index} (host SMMU {host}): its wired interrupt on SPI {spi}")]
+    Irq {
+        index: u16,
+        host: String,
+        spi: u32,
+        #[source]
+        source: IrqError,
+    },
+    #[error("vSMMU {index} (host SMMU {host}): its model")]
+    Model {
+        index: u16,
+        host: String,
+        #[source]
+        source: SmmuError,
+    },
+    #[error("vSMMU {index} (host SMMU {host}): the stream of {bdf}")]
+    Stream {
+        index: u16,
+        host: String,
+        bdf: String,
+        #[source]
+        source: SmmuError,
+    },
+    #[error("vSMMU {index} (host SMMU {host}): placing its registers")]
+    Bus {
+        index: u16,
+        host: String,
+        #[source]
+        source: BusError,
+    },
+}
 
 /// A function behind a vSMMU: its VFIO device, iommufd device ID, StreamID (= RID), host BDF.
 pub struct SmmuFunction {
@@ -70,32 +115,43 @@ pub fn attach(
     (iommufd, ioas): (Arc<IommuFd>, u32),
     functions: &[SmmuFunction],
     mmio: &Bus,
-) -> Result<(SmmuInstance, FdWatch), VmError> {
-    let boxed = |e: crate::nested::NestedError| VmError::Vfio(Box::new(e));
+) -> Result<(SmmuInstance, FdWatch), VsmmuError> {
+    let (index, host) = (plan.index, &plan.host_smmu);
+    let nested_err = |source| VsmmuError::Nested {
+        index,
+        host: host.clone(),
+        source,
+    };
     let Some(first) = functions.first() else {
-        return Err(VmError::Firmware(format!(
-            "vSMMU {} has no device behind it",
-            plan.index
-        )));
+        return Err(VsmmuError::NoDevice {
+            index,
+            host: host.clone(),
+        });
     };
     let (backend, event_fd): (Box<dyn SmmuBackend>, _) = match plan.mode {
         SmmuMode::Nested => {
             let mut nested =
                 NestedSmmu::new(iommufd, ioas, &plan.host_smmu, first.dev_id, &first.bdf)
-                    .map_err(boxed)?;
+                    .map_err(nested_err)?;
             for f in functions {
                 nested
                     .add_device(f.device.clone(), f.dev_id, f.sid, &f.bdf)
-                    .map_err(boxed)?;
+                    .map_err(nested_err)?;
             }
             let event_fd = nested.event_fd();
             (Box::new(nested), event_fd)
         }
     };
-    let irq = |spi: u32| -> Result<EventFd, VmError> {
-        let evt = EventFd::new(EFD_NONBLOCK).map_err(super::io_err("creating a vSMMU eventfd"))?;
+    let irq = |spi: u32| -> Result<EventFd, VsmmuError> {
+        let err = |source| VsmmuError::Irq {
+            index,
+            host: host.clone(),
+            spi,
+            source,
+        };
+        let evt = EventFd::new(EFD_NONBLOCK).map_err(|e| err(IrqError::EventFd(e)))?;
         vm.register_irqfd(&evt, spi)
-            .map_err(super::kvm_err("KVM_IRQFD for a vSMMU interrupt"))?;
+            .map_err(|source| err(IrqError::Irqfd { gsi: spi, source }))?;
         Ok(evt)
     };
     let irqs = WiredIrqs {
@@ -109,14 +165,28 @@ pub fn attach(
         backend,
         Box::new(irqs),
     )
-    .map_err(|e| VmError::Firmware(format!("vSMMU {}: {e}", plan.index)))?;
+    .map_err(|source| VsmmuError::Model {
+        index,
+        host: host.clone(),
+        source,
+    })?;
     for f in functions {
-        model.add_stream(f.sid).map_err(|e| {
-            VmError::Firmware(format!("vSMMU {} stream {}: {e}", plan.index, f.bdf))
-        })?;
+        model
+            .add_stream(f.sid)
+            .map_err(|source| VsmmuError::Stream {
+                index,
+                host: host.clone(),
+                bdf: f.bdf.clone(),
+                source,
+            })?;
     }
     let model = Arc::new(Mutex::new(model));
-    mmio.insert(plan.registers.base, plan.registers.size, model.clone())?;
+    mmio.insert(plan.registers.base, plan.registers.size, model.clone())
+        .map_err(|source| VsmmuError::Bus {
+            index,
+            host: host.clone(),
+            source,
+        })?;
     let served = model.clone();
     let watch = FdWatch {
         fd: event_fd,
