@@ -7,5 +7,6 @@
 
 pub mod aarch64;
 pub mod acpi;
+pub mod boot;
 pub mod platform;
 pub mod x86_64;

@@ -1,11 +1,12 @@
-//! `--dry-run` and `--dump-platform`: the plan as JSON, and the guest tables built from it, the
-//! same encoders and layout the VM build uses.
+//! `--dry-run` and `--dump-platform`: the plan as JSON, and the guest tables built from it by
+//! the encoder dispatch and at the layout the VM build uses.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use arch::platform::{CheckedPlatform, FirmwareInterface, GuestArch};
+use arch::boot::{BootLayout, EncodeError};
+use arch::platform::CheckedPlatform;
 use serde::Serialize;
 
 use crate::host::HostDescription;
@@ -18,15 +19,17 @@ pub enum DumpError {
         #[source]
         source: io::Error,
     },
-    #[error("encoding the guest tables: {0}")]
-    Encode(String),
+    #[error("encoding the guest tables")]
+    Encode(#[from] EncodeError),
 }
 
-/// What `--dry-run` prints: the host the plan was made for, and the plan.
+/// What `--dry-run` prints: the host the plan was made for, the plan, and where the boot payload
+/// and the tables go.
 #[derive(Serialize)]
 pub struct PlanReport<'a> {
     pub host: &'a HostDescription,
     pub platform: &'a CheckedPlatform,
+    pub boot: &'a BootLayout,
 }
 
 impl PlanReport<'_> {
@@ -35,35 +38,18 @@ impl PlanReport<'_> {
     }
 }
 
-/// The device tree (full or the ACPI stub) and every ACPI table, named by file.
-pub fn guest_tables(platform: &CheckedPlatform) -> Result<Vec<(String, Vec<u8>)>, DumpError> {
-    let enc = |e: &dyn std::fmt::Display| DumpError::Encode(e.to_string());
-    let mut files = Vec::new();
-    match (platform.arch, platform.firmware) {
-        (GuestArch::Aarch64, FirmwareInterface::DeviceTree) => {
-            files.push((
-                "guest.dtb".into(),
-                arch::aarch64::fdt::device_tree(platform).map_err(|e| enc(&e))?,
-            ));
-        }
-        (GuestArch::Aarch64, FirmwareInterface::Acpi) => {
-            let ram = platform.memory[0];
-            let (_, firmware) = arch::aarch64::image::firmware_layout(ram).map_err(|e| enc(&e))?;
-            let boot = arch::aarch64::efi::acpi_boot(platform, firmware).map_err(|e| enc(&e))?;
-            files.push(("guest.dtb".into(), boot.stub_dtb));
-            for table in boot.tables.tables {
-                files.push((format!("{}.aml", table.signature), table.bytes));
-            }
-        }
-        (GuestArch::X86_64, _) => {
-            let tables = arch::acpi::build(platform, arch::x86_64::layout::ACPI_TABLES)
-                .map_err(|e| enc(&e))?;
-            for table in tables.tables {
-                files.push((format!("{}.aml", table.signature), table.bytes));
-            }
-        }
-    }
-    Ok(files)
+/// The device tree (full or the ACPI stub) and every ACPI table, named by file: the blobs the
+/// build writes, from the same encoder.
+pub fn guest_tables(
+    platform: &CheckedPlatform,
+    boot: &BootLayout,
+) -> Result<Vec<(String, Vec<u8>)>, DumpError> {
+    let tables = arch::boot::encode(platform, boot)?;
+    Ok(tables
+        .blobs
+        .into_iter()
+        .filter_map(|b| Some((b.file?, b.bytes)))
+        .collect())
 }
 
 /// Writes plan.json and the guest tables into `dir`; returns the files written.
@@ -74,7 +60,7 @@ pub fn write(dir: &Path, report: &PlanReport) -> Result<Vec<PathBuf>, DumpError>
     };
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mut files = vec![("plan.json".to_string(), report.to_json().into_bytes())];
-    files.extend(guest_tables(report.platform)?);
+    files.extend(guest_tables(report.platform, report.boot)?);
     let mut written = Vec::new();
     for (name, bytes) in files {
         let path = dir.join(name);

@@ -8,6 +8,7 @@ pub mod config;
 pub mod dump;
 pub mod host;
 pub mod nested;
+pub mod payload;
 pub mod plan;
 pub mod vfio;
 pub mod vm;

@@ -4,6 +4,8 @@ use clap::Parser;
 use vmm::cli::Cli;
 use vmm::config::{ConfigError, HostArch};
 use vmm::host::ProbedHost;
+use vmm::payload::Payload;
+use vmm::plan::Plan;
 
 /// Configuration problems end the process with this status before anything touches KVM.
 const CONFIG_ERROR: u8 = 2;
@@ -11,12 +13,13 @@ const CONFIG_ERROR: u8 = 2;
 use vmm::error_chain as chain;
 
 /// Why microvmm stopped before the guest started: status 2 (bad input) for anything the
-/// configuration, the host's devices or the plan refuse.
+/// configuration, the payload, the host's devices or the plan refuse.
 fn prepare(
     cli: &Cli,
     config: &vmm::config::VmConfig,
     arch: HostArch,
-) -> Result<(ProbedHost, arch::platform::CheckedPlatform), String> {
+) -> Result<(ProbedHost, Payload, Plan), String> {
+    let payload = Payload::open(config).map_err(|e| chain(&e))?;
     let host = match &cli.host_description {
         Some(path) => {
             vmm::host::HostDescription::from_file(path, config).map(ProbedHost::described)
@@ -24,10 +27,12 @@ fn prepare(
         None => vmm::host::Host::default().describe(config),
     }
     .map_err(|e| chain(&e))?;
-    let platform = vmm::plan::platform(config, arch, &host.description).map_err(|e| chain(&e))?;
+    let plan = vmm::plan::platform(config, arch, &host.description, &payload.footprint())
+        .map_err(|e| chain(&e))?;
     let report = vmm::dump::PlanReport {
         host: &host.description,
-        platform: &platform,
+        platform: &plan.platform,
+        boot: &plan.boot,
     };
     if let Some(dir) = &cli.dump_platform {
         let files = vmm::dump::write(dir, &report).map_err(|e| chain(&e))?;
@@ -36,7 +41,7 @@ fn prepare(
     if cli.dry_run {
         println!("{}", report.to_json());
     }
-    Ok((host, platform))
+    Ok((host, payload, plan))
 }
 
 fn main() -> ExitCode {
@@ -68,8 +73,9 @@ fn main() -> ExitCode {
         eprintln!("microvmm: --host-description plans for another host; it needs --dry-run");
         return ExitCode::from(CONFIG_ERROR);
     }
-    // Probed once, planned once: --dry-run, --dump-platform and the boot all use this plan.
-    let (host, platform) = match prepare(&cli, &config, arch) {
+    // Inspected once, probed once, planned once: --dry-run, --dump-platform and the boot all use
+    // this plan.
+    let (host, payload, plan) = match prepare(&cli, &config, arch) {
         Ok(prepared) => prepared,
         Err(text) => {
             eprintln!("microvmm: {text}");
@@ -80,7 +86,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    match vmm::vm::run(&config, &platform, &host) {
+    match vmm::vm::run(&config, &plan, &payload, &host) {
         Ok(exit) => {
             log::info!("guest ended: {exit:?}");
             ExitCode::from(exit.status() as u8)

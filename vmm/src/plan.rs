@@ -1,8 +1,11 @@
 //! The platform plan: everything the guest will see, computed once from the validated
-//! configuration. Every encoder (device tree, ACPI, boot parameters) and the VM build read it.
+//! configuration and the inspected payload. Every encoder (device tree, ACPI, boot parameters) and
+//! the VM build read it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Deref;
 
+use arch::boot::{BootLayout, LayoutError, PayloadFootprint};
 use arch::platform::{
     ArchTimer, CheckedPlatform, FirmwareInterface, GuestArch, GuestRange, InterruptController,
     PciBridge, Platform, PlatformError, PowerControl, RegisterSpace, SerialPort, SmmuFeatures,
@@ -34,15 +37,35 @@ pub enum PlanError {
     BridgeFull { segment: u16, device: String },
     #[error("the planned platform is inconsistent")]
     Platform(#[from] PlatformError),
+    #[error("placing the kernel and initramfs in guest RAM")]
+    Boot(#[from] LayoutError),
+}
+
+/// The checked guest platform and where its payload and firmware blobs go. It reads as the
+/// platform.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub platform: CheckedPlatform,
+    pub boot: BootLayout,
+}
+
+impl Deref for Plan {
+    type Target = CheckedPlatform;
+
+    fn deref(&self) -> &CheckedPlatform {
+        &self.platform
+    }
 }
 
 /// The guest platform for a configuration already validated for `arch`, on the host described
-/// (its `devices` in configuration order), checked once for every encoder.
+/// (its `devices` in configuration order), booting `payload`: checked once for every encoder,
+/// with the boot layout (and so the initrd the guest is told about) final.
 pub fn platform(
     config: &VmConfig,
     arch: HostArch,
     host: &HostDescription,
-) -> Result<CheckedPlatform, PlanError> {
+    payload: &PayloadFootprint,
+) -> Result<Plan, PlanError> {
     let mut platform = match arch {
         HostArch::Aarch64 => aarch64(config),
         HostArch::X86_64 => x86_64(config),
@@ -56,7 +79,12 @@ pub fn platform(
     };
     platform.pci_bridges = pci_topology(config, arch, &host.devices, &bridge_of)?;
     platform.smmus = smmus;
-    Ok(platform.check()?)
+    let boot = arch::boot::layout(&platform, payload)?;
+    platform.initrd = boot.initrd;
+    Ok(Plan {
+        platform: platform.check()?,
+        boot,
+    })
 }
 
 /// With nested vSMMUs, devices are grouped by the host SMMU they sit behind: group `i` (in host
@@ -339,8 +367,76 @@ fn x86_64(config: &VmConfig) -> Platform {
 
 #[cfg(test)]
 mod tests {
+    use arch::aarch64::image::ImageFootprint;
+    use arch::boot::KernelFootprint;
+    use arch::x86_64::boot::BzImageFootprint;
+
     use super::*;
     use crate::config::{ByteSize, CpusConfig, MemoryConfig};
+
+    const MIB: u64 = 1 << 20;
+
+    /// A kernel of `arch` and a 1 MiB initramfs, which fit every test's RAM.
+    fn payload(arch: HostArch) -> PayloadFootprint {
+        let kernel = match arch {
+            HostArch::Aarch64 => KernelFootprint::Arm64Image(ImageFootprint {
+                text_offset: 0,
+                image_size: 32 * MIB,
+            }),
+            HostArch::X86_64 => KernelFootprint::BzImage(BzImageFootprint {
+                range: GuestRange::new(MIB, 24 * MIB),
+                entry: MIB + 0x200,
+                initrd_addr_max: 0x7fff_ffff,
+                cmdline_size: 2047,
+            }),
+        };
+        PayloadFootprint {
+            kernel,
+            initrd_size: Some(MIB),
+        }
+    }
+
+    /// The plan with [`payload`].
+    fn platform(c: &VmConfig, arch: HostArch, host: &HostDescription) -> Result<Plan, PlanError> {
+        super::platform(c, arch, host, &payload(arch))
+    }
+
+    #[test]
+    fn the_plan_places_the_payload_and_tells_the_guest_where_the_initrd_is() {
+        let c = config(1, 256);
+        for arch in [HostArch::Aarch64, HostArch::X86_64] {
+            let p = platform(&c, arch, &HostDescription::default()).unwrap();
+            let initrd = p.boot.initrd.expect("an initramfs was given");
+            assert_eq!(p.initrd, Some(initrd));
+            assert_eq!(initrd.size, MIB);
+            assert!(!initrd.overlaps(&p.boot.kernel));
+            assert!(p.memory.iter().any(|r| r.contains(initrd.base)));
+        }
+        // An initramfs larger than the RAM left is refused by the plan, naming it.
+        let mut big = payload(HostArch::Aarch64);
+        big.initrd_size = Some(250 * MIB);
+        let err =
+            super::platform(&c, HostArch::Aarch64, &HostDescription::default(), &big).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PlanError::Boot(LayoutError::OverlapsKernel { what: "initrd", .. })
+            ),
+            "{err}"
+        );
+        // A kernel of the other architecture is refused too.
+        let err = super::platform(
+            &c,
+            HostArch::X86_64,
+            &HostDescription::default(),
+            &payload(HostArch::Aarch64),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, PlanError::Boot(LayoutError::WrongKernel(_))),
+            "{err}"
+        );
+    }
 
     fn config(cpus: u32, mib: u64) -> VmConfig {
         VmConfig {

@@ -109,6 +109,37 @@ fn binary_exits_2_on_bad_config_and_lists_every_problem() {
 }
 
 #[test]
+fn dry_run_refuses_an_empty_or_garbage_payload_by_name() {
+    let empty = std::env::temp_dir().join(format!("microvmm-empty-{}", std::process::id()));
+    std::fs::write(&empty, b"").unwrap();
+    let garbage = kernel_stand_in();
+    for path in [&empty, &garbage] {
+        let out = microvmm(&["--kernel", path.to_str().unwrap(), "--dry-run"]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let want = format!(
+            "payload.kernel: {} is no kernel this guest can boot",
+            path.display()
+        );
+        assert!(err.contains(&want), "{err}");
+        assert!(out.stdout.is_empty(), "no plan for a bad kernel");
+    }
+    let kernel = common::kernel();
+    let out = microvmm(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initramfs",
+        empty.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let want = format!("payload.initramfs: {} is empty", empty.display());
+    assert!(err.contains(&want), "{err}");
+    let _ = std::fs::remove_file(&empty);
+}
+
+#[test]
 fn print_config_shows_the_merged_tree() {
     let example = repo().join("resources/examples/lab-x86_64.json");
     let kernel = kernel_stand_in();

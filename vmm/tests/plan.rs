@@ -22,7 +22,7 @@ fn nested_plan(host_file: &str, devices: &[&str]) -> Option<Value> {
     if !cfg!(target_arch = "aarch64") {
         return None;
     }
-    let kernel = repo().join("Cargo.toml");
+    let kernel = common::kernel();
     let mut args = vec![
         "--kernel".to_string(),
         kernel.to_str().unwrap().to_string(),
@@ -160,7 +160,7 @@ fn an_incompatible_host_smmu_is_refused_by_name() {
 
 #[test]
 fn host_description_must_match_the_devices_and_needs_dry_run() {
-    let kernel = repo().join("Cargo.toml");
+    let kernel = common::kernel();
     let k = kernel.to_str().unwrap();
     let h = host("one-smmu-two-devices.json");
     let out = microvmm(&[
@@ -192,14 +192,19 @@ fn host_description_must_match_the_devices_and_needs_dry_run() {
     );
 }
 
+/// The dump is what the guest gets: the plan places the initramfs, and the tables tell the guest
+/// where (the device tree's `/chosen`, or for ACPI boots its stub).
 #[test]
 fn dump_platform_writes_the_plan_and_every_table() {
     let dir = std::env::temp_dir().join(format!("microvmm-dump-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let kernel = repo().join("Cargo.toml");
+    let kernel = common::kernel();
+    let initramfs = repo().join("Cargo.toml");
     let mut args = vec![
         "--kernel",
         kernel.to_str().unwrap(),
+        "--initramfs",
+        initramfs.to_str().unwrap(),
         "--dump-platform",
         dir.to_str().unwrap(),
         "--dry-run",
@@ -235,6 +240,28 @@ fn dump_platform_writes_the_plan_and_every_table() {
     let plan: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("plan.json")).unwrap()).unwrap();
     assert!(plan["platform"]["vcpus"].as_u64().is_some());
+    let size = std::fs::metadata(&initramfs).unwrap().len();
+    let initrd = &plan["boot"]["initrd"];
+    assert_eq!(initrd["size"].as_u64(), Some(size), "{plan}");
+    assert_eq!(plan["platform"]["initrd"], *initrd);
+    assert_eq!(plan, serde_json::from_slice::<Value>(&out.stdout).unwrap());
+    if cfg!(target_arch = "aarch64") {
+        let start = initrd["base"].as_u64().unwrap();
+        let dts = dts(&dir);
+        let number = |name: &str| -> u64 {
+            let cells = dts
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(&format!("{name} = <")))
+                .unwrap_or_else(|| panic!("no {name} in {dts}"));
+            cells
+                .trim_end_matches(">;")
+                .split_whitespace()
+                .map(|c| u64::from_str_radix(c.trim_start_matches("0x"), 16).unwrap())
+                .fold(0, |n, cell| n << 32 | cell)
+        };
+        assert_eq!(number("linux,initrd-start"), start);
+        assert_eq!(number("linux,initrd-end"), start + size);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -275,7 +302,7 @@ fn dump_nested(
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&dir);
-    let kernel = repo().join("Cargo.toml");
+    let kernel = common::kernel();
     let mut args = vec![
         "--kernel".to_string(),
         kernel.to_str().unwrap().to_string(),

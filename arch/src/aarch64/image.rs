@@ -1,20 +1,20 @@
-//! Loading an arm64 Linux `Image` (raw or gzip-compressed) and placing the boot blobs around it,
+//! The arm64 Linux `Image` (raw or gzip-compressed) and the placement of the boot blobs around it,
 //! per Linux `Documentation/arch/arm64/booting.rst`.
 //!
-//! The Image is copied by linux-loader's PE loader, which exists only on arm64 (and riscv64)
-//! hosts: loading is gated on the host, as a kernel is only ever loaded for the host's own
-//! architecture. The placement of the device tree, firmware tables and initrd is part of the plan
-//! and builds everywhere.
+//! Inspecting and loading an Image use linux-loader's header type and PE loader, which exist only
+//! on arm64 (and riscv64) hosts: they are gated on the host, as a kernel is only ever loaded for
+//! the host's own architecture. Placing the kernel, device tree, firmware tables and initrd is part
+//! of the plan and builds everywhere.
 
 use std::io;
 
-use linux_loader::cmdline::{Cmdline, Error as CmdlineError};
 use thiserror::Error;
 
+use crate::boot::{BootLayout, LayoutError};
 use crate::platform::GuestRange;
 
 #[cfg(target_arch = "aarch64")]
-pub use pe::load_kernel;
+pub use pe::{Image, inspect};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -43,6 +43,7 @@ const INITRD_WINDOW_SIZE: u64 = 32 * GIB;
 const IMAGE_MAGIC: u32 = 0x644d_5241;
 const HEADER_SIZE: usize = 64;
 
+/// Why a kernel file is no arm64 Image this VMM boots.
 #[derive(Debug, Error)]
 pub enum ImageError {
     #[error("cannot read the kernel file")]
@@ -59,57 +60,24 @@ pub enum ImageError {
     UnknownImageSize,
     #[error("kernel Image image_size {0:#x} is smaller than its own {HEADER_SIZE}-byte header")]
     ImageSizeBelowHeader(u64),
-    #[error(
-        "kernel Image needs {size:#x} bytes at {base:#x} + text_offset {text_offset:#x}, \
-         beyond RAM {ram_base:#x}..{ram_end:#x}"
-    )]
-    ImageLargerThanRam {
-        base: u64,
-        text_offset: u64,
-        size: u64,
-        ram_base: u64,
-        ram_end: u64,
-    },
     #[error("kernel Image file is longer than its header's image_size {0:#x}")]
     FileLongerThanImageSize(u64),
     #[error("gzip kernel decompresses to more than {MAX_DECOMPRESSED_SIZE:#x} bytes")]
     DecompressedTooLarge,
     #[error("cannot load the kernel into guest memory at {0:#x}")]
     Load(u64, #[source] linux_loader::loader::Error),
-    #[error("RAM range {base:#x}+{size:#x} wraps around the address space")]
-    RamWraps { base: u64, size: u64 },
-    #[error("initrd is empty")]
-    EmptyInitrd,
-    #[error("RAM {ram_base:#x}..{ram_end:#x} has no room for the {what} ({size:#x} bytes)")]
-    NoRoom {
-        what: &'static str,
-        size: u64,
-        ram_base: u64,
-        ram_end: u64,
-    },
-    #[error(
-        "the {what} at {base:#x}..{end:#x} would overlap the kernel at {kernel_base:#x}..{kernel_end:#x}"
-    )]
-    OverlapsKernel {
-        what: &'static str,
-        base: u64,
-        end: u64,
-        kernel_base: u64,
-        kernel_end: u64,
-    },
-    #[error(
-        "kernel {kernel_base:#x}..{kernel_end:#x} and initrd do not fit one 1 GiB-aligned 32 GiB window"
-    )]
-    InitrdWindow { kernel_base: u64, kernel_end: u64 },
-    #[error("kernel command line contains a NUL byte")]
-    CmdlineNul,
-    #[error("kernel command line is {len} bytes, at most {max} allowed", max = CMDLINE_CAPACITY - 1)]
-    CmdlineTooLong { len: usize },
-    #[error("kernel command line is invalid")]
-    Cmdline(#[source] CmdlineError),
 }
 
-/// Where the kernel went.
+/// What placing an Image needs of its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageFootprint {
+    /// How far above its 2 MiB-aligned base the Image goes.
+    pub text_offset: u64,
+    /// The loaded file plus its bss.
+    pub image_size: u64,
+}
+
+/// Where the kernel goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelLoad {
     /// The first instruction (`code0`), where the boot vCPU's PC starts.
@@ -118,35 +86,39 @@ pub struct KernelLoad {
     pub range: GuestRange,
 }
 
-/// Where the boot blobs go in RAM, top-down: device tree, firmware tables, initrd.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BootLayout {
-    /// The top 2 MiB-aligned 2 MiB block of RAM; the blob is written at its base.
-    pub fdt: GuestRange,
-    /// Directly below the device tree: ACPI tables, EFI system table and memory map.
-    pub firmware_tables: GuestRange,
-    /// The initrd's exact extent (`linux,initrd-start`..`linux,initrd-end`).
-    pub initrd: Option<GuestRange>,
-}
-
-/// The command line as linux-loader's `Cmdline`, checked against the arm64 kernel's buffer and
-/// for NUL bytes. The device tree carries it in `/chosen/bootargs`.
-pub fn kernel_cmdline(cmdline: &str) -> Result<Cmdline, ImageError> {
-    let cmdline_err = |e| match e {
-        CmdlineError::InvalidCapacity => ImageError::CmdlineTooLong { len: cmdline.len() },
-        CmdlineError::NullTerminator => ImageError::CmdlineNul,
-        e => ImageError::Cmdline(e),
-    };
-    let built = Cmdline::try_from(cmdline, CMDLINE_CAPACITY).map_err(cmdline_err)?;
-    built.as_cstring().map_err(cmdline_err)?;
-    Ok(built)
+/// The Image `text_offset` above the first 2 MiB-aligned address of `ram` (booting.rst asks for a
+/// base as low in RAM as possible). linux-loader takes the base from the VMM.
+pub fn kernel_placement(
+    footprint: &ImageFootprint,
+    ram: GuestRange,
+) -> Result<KernelLoad, LayoutError> {
+    let ram_end = ram_end(ram)?;
+    let base = ram
+        .base
+        .checked_add(KERNEL_BASE_ALIGN - 1)
+        .map(|a| align_down(a, KERNEL_BASE_ALIGN));
+    let fits = base.and_then(|base| {
+        let load = base.checked_add(footprint.text_offset)?;
+        let end = load.checked_add(footprint.image_size)?;
+        (end <= ram_end).then_some(KernelLoad {
+            entry: load,
+            range: GuestRange::new(load, footprint.image_size),
+        })
+    });
+    fits.ok_or(LayoutError::ImageLargerThanRam {
+        base: base.unwrap_or(ram.base),
+        text_offset: footprint.text_offset,
+        size: footprint.image_size,
+        ram_base: ram.base,
+        ram_end,
+    })
 }
 
 /// Where the device tree and the firmware tables go in `ram`, whatever the kernel: (fdt,
-/// firmware tables). `boot_layout` uses it; plan dumps use it to build the same tables.
-pub fn firmware_layout(ram: GuestRange) -> Result<(GuestRange, GuestRange), ImageError> {
+/// firmware tables).
+fn firmware_layout(ram: GuestRange) -> Result<(GuestRange, GuestRange), LayoutError> {
     let ram_end = ram_end(ram)?;
-    let no_room = |what, size| ImageError::NoRoom {
+    let no_room = |what, size| LayoutError::NoRoom {
         what,
         size,
         ram_base: ram.base,
@@ -174,9 +146,9 @@ pub fn boot_layout(
     ram: GuestRange,
     kernel: &KernelLoad,
     initrd_size: Option<u64>,
-) -> Result<BootLayout, ImageError> {
+) -> Result<BootLayout, LayoutError> {
     let ram_end = ram_end(ram)?;
-    let no_room = |what, size| ImageError::NoRoom {
+    let no_room = |what, size| LayoutError::NoRoom {
         what,
         size,
         ram_base: ram.base,
@@ -188,9 +160,9 @@ pub fn boot_layout(
 
     let initrd = match initrd_size {
         None => None,
-        Some(0) => return Err(ImageError::EmptyInitrd),
+        Some(0) => return Err(LayoutError::EmptyInitrd),
         Some(size) => {
-            let window_error = || ImageError::InitrdWindow {
+            let window_error = || LayoutError::InitrdWindow {
                 kernel_base: kernel.range.base,
                 kernel_end: kernel.range.end(),
             };
@@ -218,9 +190,11 @@ pub fn boot_layout(
     };
 
     Ok(BootLayout {
-        fdt,
-        firmware_tables,
+        kernel: kernel.range,
+        entry: kernel.entry,
         initrd,
+        firmware_tables,
+        device_tree: Some(fdt),
     })
 }
 
@@ -228,9 +202,9 @@ fn clear_of_kernel(
     what: &'static str,
     range: GuestRange,
     kernel: &KernelLoad,
-) -> Result<(), ImageError> {
+) -> Result<(), LayoutError> {
     if range.overlaps(&kernel.range) {
-        return Err(ImageError::OverlapsKernel {
+        return Err(LayoutError::OverlapsKernel {
             what,
             base: range.base,
             end: range.end(),
@@ -241,8 +215,8 @@ fn clear_of_kernel(
     Ok(())
 }
 
-fn ram_end(ram: GuestRange) -> Result<u64, ImageError> {
-    ram.base.checked_add(ram.size).ok_or(ImageError::RamWraps {
+fn ram_end(ram: GuestRange) -> Result<u64, LayoutError> {
+    ram.base.checked_add(ram.size).ok_or(LayoutError::RamWraps {
         base: ram.base,
         size: ram.size,
     })
@@ -253,7 +227,7 @@ const fn align_down(addr: u64, align: u64) -> u64 {
     addr & !(align - 1)
 }
 
-/// Loading the Image: header checks, placement and gzip are ours, the copy is linux-loader's.
+/// Inspecting and loading the Image: header checks and gzip are ours, the copy is linux-loader's.
 #[cfg(target_arch = "aarch64")]
 mod pe {
     use std::io::{self, Cursor, Read, Seek, SeekFrom};
@@ -288,23 +262,79 @@ mod pe {
         }
     }
 
-    /// Loads a raw or gzip-compressed arm64 `Image` into `ram` (which `mem` must back).
-    pub fn load_kernel<M, F>(
-        mem: &M,
-        ram: GuestRange,
-        kernel: &mut F,
-    ) -> Result<KernelLoad, ImageError>
-    where
-        M: GuestMemoryBackend,
-        F: Read + ReadVolatile + Seek,
-    {
+    /// A checked Image, not yet in guest memory.
+    #[derive(Debug, Clone)]
+    pub struct Image {
+        header: arm64_image_header,
+        /// A gzip kernel's Image, decompressed once; a raw Image is read from its file again.
+        decompressed: Option<Vec<u8>>,
+    }
+
+    /// Reads and checks the raw or gzip-compressed Image in `kernel` without touching guest
+    /// memory: its header, and that the file is no longer than the footprint it claims.
+    pub fn inspect(kernel: &mut (impl Read + Seek)) -> Result<Image, ImageError> {
         let head = read_head(kernel).map_err(ImageError::Read)?;
         // A raw Image's code0 may happen to start with the gzip magic; its own magic decides first.
         let raw = head.len() == HEADER_SIZE && head[56..60] == IMAGE_MAGIC.to_le_bytes();
         if !raw && head.starts_with(&GZIP_MAGIC) {
-            load_image(mem, ram, &mut Cursor::new(decompress(kernel)?))
+            let image = decompress(kernel)?;
+            let header = check(&mut Cursor::new(&image))?;
+            Ok(Image {
+                header,
+                decompressed: Some(image),
+            })
         } else {
-            load_image(mem, ram, kernel)
+            let header = check(kernel)?;
+            Ok(Image {
+                header,
+                decompressed: None,
+            })
+        }
+    }
+
+    impl Image {
+        pub fn footprint(&self) -> ImageFootprint {
+            ImageFootprint {
+                text_offset: self.header.text_offset,
+                image_size: self.header.image_size,
+            }
+        }
+
+        /// Has linux-loader copy the Image to `kernel`, the placement of its
+        /// [`footprint`](Self::footprint) in `mem`. `file` is the inspected file; it is read again
+        /// unless the Image was decompressed.
+        pub fn load<M, F>(
+            &self,
+            mem: &M,
+            kernel: GuestRange,
+            file: &mut F,
+        ) -> Result<(), ImageError>
+        where
+            M: GuestMemoryBackend,
+            F: Read + ReadVolatile + Seek,
+        {
+            let base = kernel.base.saturating_sub(self.header.text_offset);
+            let loaded = match &self.decompressed {
+                Some(image) => {
+                    PE::load(mem, Some(GuestAddress(base)), &mut Cursor::new(image), None)
+                }
+                None => {
+                    // The file may have grown since it was inspected.
+                    check(file)?;
+                    PE::load(mem, Some(GuestAddress(base)), file, None)
+                }
+            }
+            .map_err(|e| ImageError::Load(kernel.base, e))?;
+            log::debug!(
+                "arm64 Image: code0 {:#010x} code1 {:#010x}, loaded at {:#x}, image_size {:#x}, \
+                 page size {:?}",
+                self.header.code0,
+                self.header.code1,
+                loaded.kernel_load.0,
+                self.header.image_size,
+                ImageFlags(self.header.flags).page_size(),
+            );
+            Ok(())
         }
     }
 
@@ -323,35 +353,15 @@ mod pe {
         Ok(image)
     }
 
-    /// Checks the raw Image in `image` and has linux-loader copy it to its place in `ram`. The
-    /// crate checks only the magic, so the header, the footprint and the length are checked
-    /// first, before guest memory is written.
-    fn load_image<M, F>(mem: &M, ram: GuestRange, image: &mut F) -> Result<KernelLoad, ImageError>
-    where
-        M: GuestMemoryBackend,
-        F: Read + ReadVolatile + Seek,
-    {
+    /// The raw Image's header, after the checks linux-loader does not make (it checks only the
+    /// magic): the header's fields, and the file no longer than `image_size`.
+    fn check(image: &mut (impl Read + Seek)) -> Result<arm64_image_header, ImageError> {
         let header = parse_header(&read_head(image).map_err(ImageError::Read)?)?;
-        let (base, range) = placement(&header, ram)?;
         let len = image.seek(SeekFrom::End(0)).map_err(ImageError::Read)?;
         if len > header.image_size {
             return Err(ImageError::FileLongerThanImageSize(header.image_size));
         }
-        let loaded = PE::load(mem, Some(GuestAddress(base)), image, None)
-            .map_err(|e| ImageError::Load(range.base, e))?;
-        log::debug!(
-            "arm64 Image: code0 {:#010x} code1 {:#010x}, {len:#x} bytes loaded at {:#x}, \
-             image_size {:#x}, page size {:?}",
-            header.code0,
-            header.code1,
-            loaded.kernel_load.0,
-            header.image_size,
-            ImageFlags(header.flags).page_size(),
-        );
-        Ok(KernelLoad {
-            entry: loaded.kernel_load.0,
-            range,
-        })
+        Ok(header)
     }
 
     /// Up to the first [`HEADER_SIZE`] bytes of `reader`, read from its start.
@@ -387,32 +397,6 @@ mod pe {
             n if n < HEADER_SIZE as u64 => Err(ImageError::ImageSizeBelowHeader(n)),
             _ => Ok(header),
         }
-    }
-
-    /// The 2 MiB-aligned base and the kernel's footprint `text_offset` above it, at the first
-    /// aligned address of `ram` (booting.rst asks for a base as low in RAM as possible).
-    /// linux-loader takes the base from the VMM.
-    fn placement(
-        header: &arm64_image_header,
-        ram: GuestRange,
-    ) -> Result<(u64, GuestRange), ImageError> {
-        let ram_end = ram_end(ram)?;
-        let base = ram
-            .base
-            .checked_add(KERNEL_BASE_ALIGN - 1)
-            .map(|a| align_down(a, KERNEL_BASE_ALIGN));
-        let fits = base.and_then(|base| {
-            let load = base.checked_add(header.text_offset)?;
-            let end = load.checked_add(header.image_size)?;
-            (end <= ram_end).then_some((base, GuestRange::new(load, header.image_size)))
-        });
-        fits.ok_or(ImageError::ImageLargerThanRam {
-            base: base.unwrap_or(ram.base),
-            text_offset: header.text_offset,
-            size: header.image_size,
-            ram_base: ram.base,
-            ram_end,
-        })
     }
 
     #[cfg(test)]
@@ -454,6 +438,21 @@ mod pe {
             let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
             enc.write_all(bytes).unwrap();
             enc.finish().unwrap()
+        }
+
+        /// Inspects `file`, places it at the start of `ram` and loads it into `mem`.
+        fn load_kernel<F>(
+            mem: &GuestMemoryMmap<()>,
+            ram: GuestRange,
+            file: &mut F,
+        ) -> Result<KernelLoad, ImageError>
+        where
+            F: Read + ReadVolatile + Seek,
+        {
+            let image = inspect(file)?;
+            let placed = kernel_placement(&image.footprint(), ram).expect("the test Image fits");
+            image.load(mem, placed.range, file)?;
+            Ok(placed)
         }
 
         fn guest_bytes(mem: &GuestMemoryMmap<()>, addr: u64, len: usize) -> Vec<u8> {
@@ -608,34 +607,6 @@ mod pe {
         }
 
         #[test]
-        fn image_larger_than_ram() {
-            let ram = GuestRange::new(RAM_BASE, 8 * MIB);
-            let mem = memory(ram);
-            let err =
-                load_kernel(&mem, ram, &mut Cursor::new(image(0, 8 * MIB + 1, 10))).unwrap_err();
-            assert!(
-                matches!(err, ImageError::ImageLargerThanRam { base: RAM_BASE, size, .. } if size == 8 * MIB + 1),
-                "{err:?}"
-            );
-            // text_offset counts too.
-            let err =
-                load_kernel(&mem, ram, &mut Cursor::new(image(MIB, 7 * MIB + 1, 10))).unwrap_err();
-            assert!(
-                matches!(err, ImageError::ImageLargerThanRam { .. }),
-                "{err:?}"
-            );
-            // Exactly fitting is fine.
-            assert!(load_kernel(&mem, ram, &mut Cursor::new(image(MIB, 7 * MIB, 10))).is_ok());
-            // A hostile text_offset cannot wrap around.
-            let err = load_kernel(&mem, ram, &mut Cursor::new(image(u64::MAX - 10, MIB, 10)))
-                .unwrap_err();
-            assert!(
-                matches!(err, ImageError::ImageLargerThanRam { .. }),
-                "{err:?}"
-            );
-        }
-
-        #[test]
         fn file_longer_than_image_size() {
             let ram = GuestRange::new(RAM_BASE, 8 * MIB);
             let mem = memory(ram);
@@ -689,6 +660,45 @@ mod tests {
         }
     }
 
+    fn footprint(text_offset: u64, image_size: u64) -> ImageFootprint {
+        ImageFootprint {
+            text_offset,
+            image_size,
+        }
+    }
+
+    #[test]
+    fn kernel_at_the_first_2mib_boundary_of_ram() {
+        let ram = GuestRange::new(RAM_BASE + 0x1000, 16 * MIB);
+        let placed = kernel_placement(&footprint(0x8_0000, MIB), ram).unwrap();
+        assert_eq!(placed.entry, RAM_BASE + 2 * MIB + 0x8_0000);
+        assert_eq!(placed.range, GuestRange::new(placed.entry, MIB));
+    }
+
+    #[test]
+    fn image_larger_than_ram() {
+        let ram = GuestRange::new(RAM_BASE, 8 * MIB);
+        let err = kernel_placement(&footprint(0, 8 * MIB + 1), ram).unwrap_err();
+        assert!(
+            matches!(err, LayoutError::ImageLargerThanRam { base: RAM_BASE, size, .. } if size == 8 * MIB + 1),
+            "{err:?}"
+        );
+        // text_offset counts too.
+        let err = kernel_placement(&footprint(MIB, 7 * MIB + 1), ram).unwrap_err();
+        assert!(
+            matches!(err, LayoutError::ImageLargerThanRam { .. }),
+            "{err:?}"
+        );
+        // Exactly fitting is fine.
+        assert!(kernel_placement(&footprint(MIB, 7 * MIB), ram).is_ok());
+        // A hostile text_offset cannot wrap around.
+        let err = kernel_placement(&footprint(u64::MAX - 10, MIB), ram).unwrap_err();
+        assert!(
+            matches!(err, LayoutError::ImageLargerThanRam { .. }),
+            "{err:?}"
+        );
+    }
+
     #[test]
     fn layout_top_down() {
         let ram = GuestRange::new(RAM_BASE, GIB);
@@ -696,7 +706,10 @@ mod tests {
         let kernel = kernel_at(RAM_BASE, 40 * MIB);
         let initrd_size = 10 * MIB + 123;
         let layout = boot_layout(ram, &kernel, Some(initrd_size)).unwrap();
-        assert_eq!(layout.fdt, GuestRange::new(end - 2 * MIB, 2 * MIB));
+        assert_eq!(
+            layout.device_tree.unwrap(),
+            GuestRange::new(end - 2 * MIB, 2 * MIB)
+        );
         assert_eq!(
             layout.firmware_tables,
             GuestRange::new(end - 4 * MIB, 2 * MIB)
@@ -713,16 +726,19 @@ mod tests {
 
         let layout = boot_layout(ram, &kernel, None).unwrap();
         assert_eq!(layout.initrd, None);
-        assert_eq!(layout.fdt.base, end - 2 * MIB);
+        assert_eq!(layout.device_tree.unwrap().base, end - 2 * MIB);
     }
 
     #[test]
     fn layout_unaligned_ram_end() {
         let ram = GuestRange::new(RAM_BASE, 64 * MIB + 0x1000);
         let layout = boot_layout(ram, &kernel_at(RAM_BASE, 8 * MIB), None).unwrap();
-        assert_eq!(layout.fdt, GuestRange::new(RAM_BASE + 62 * MIB, 2 * MIB));
-        assert!(layout.fdt.base.is_multiple_of(8));
-        assert!(layout.fdt.end() <= ram.end());
+        assert_eq!(
+            layout.device_tree.unwrap(),
+            GuestRange::new(RAM_BASE + 62 * MIB, 2 * MIB)
+        );
+        assert!(layout.device_tree.unwrap().base.is_multiple_of(8));
+        assert!(layout.device_tree.unwrap().end() <= ram.end());
     }
 
     #[test]
@@ -737,16 +753,16 @@ mod tests {
         );
         let err = boot_layout(ram, &kernel, Some(20 * MIB + 1)).unwrap_err();
         assert!(
-            matches!(err, ImageError::OverlapsKernel { what: "initrd", .. }),
+            matches!(err, LayoutError::OverlapsKernel { what: "initrd", .. }),
             "{err:?}"
         );
         let err = boot_layout(ram, &kernel, Some(64 * MIB)).unwrap_err();
         assert!(
-            matches!(err, ImageError::NoRoom { what: "initrd", .. }),
+            matches!(err, LayoutError::NoRoom { what: "initrd", .. }),
             "{err:?}"
         );
         let err = boot_layout(ram, &kernel, Some(0)).unwrap_err();
-        assert!(matches!(err, ImageError::EmptyInitrd), "{err:?}");
+        assert!(matches!(err, LayoutError::EmptyInitrd), "{err:?}");
     }
 
     #[test]
@@ -756,7 +772,7 @@ mod tests {
         assert!(
             matches!(
                 err,
-                ImageError::NoRoom {
+                LayoutError::NoRoom {
                     what: "device tree",
                     ..
                 }
@@ -767,7 +783,7 @@ mod tests {
         assert!(
             matches!(
                 err,
-                ImageError::NoRoom {
+                LayoutError::NoRoom {
                     what: "firmware tables",
                     ..
                 }
@@ -779,7 +795,7 @@ mod tests {
         assert!(
             matches!(
                 err,
-                ImageError::OverlapsKernel {
+                LayoutError::OverlapsKernel {
                     what: "firmware tables",
                     ..
                 }
@@ -795,7 +811,7 @@ mod tests {
         assert!(
             matches!(
                 err,
-                ImageError::OverlapsKernel {
+                LayoutError::OverlapsKernel {
                     what: "device tree",
                     ..
                 }
@@ -803,7 +819,7 @@ mod tests {
             "{err:?}"
         );
         let err = boot_layout(GuestRange::new(u64::MAX - MIB, 2 * MIB), &kernel, None).unwrap_err();
-        assert!(matches!(err, ImageError::RamWraps { .. }), "{err:?}");
+        assert!(matches!(err, LayoutError::RamWraps { .. }), "{err:?}");
     }
 
     #[test]
@@ -814,28 +830,10 @@ mod tests {
         let layout = boot_layout(ram, &kernel, Some(100 * MIB)).unwrap();
         let initrd = layout.initrd.unwrap();
         assert_eq!(initrd.end(), RAM_BASE + 32 * GIB);
-        assert_eq!(layout.fdt.end(), RAM_BASE + 64 * GIB);
+        assert_eq!(layout.device_tree.unwrap().end(), RAM_BASE + 64 * GIB);
         // A kernel that does not itself fit a window cannot get an initrd.
         let huge = kernel_at(RAM_BASE, 33 * GIB);
         let err = boot_layout(ram, &huge, Some(MIB)).unwrap_err();
-        assert!(matches!(err, ImageError::InitrdWindow { .. }), "{err:?}");
-    }
-
-    #[test]
-    fn cmdline_fits_the_kernel_buffer() {
-        let fits = "x".repeat(CMDLINE_CAPACITY - 1);
-        let cmdline = kernel_cmdline(&fits).unwrap();
-        assert_eq!(cmdline.as_cstring().unwrap().as_bytes(), fits.as_bytes());
-
-        let long = "x".repeat(CMDLINE_CAPACITY);
-        let err = kernel_cmdline(&long).unwrap_err();
-        assert!(
-            matches!(err, ImageError::CmdlineTooLong { len } if len == CMDLINE_CAPACITY),
-            "{err:?}"
-        );
-        assert!(err.to_string().contains("at most 2047"), "{err}");
-
-        let err = kernel_cmdline("console=ttyAMA0\0init=/bin/sh").unwrap_err();
-        assert!(matches!(err, ImageError::CmdlineNul), "{err:?}");
+        assert!(matches!(err, LayoutError::InitrdWindow { .. }), "{err:?}");
     }
 }

@@ -1,21 +1,23 @@
 //! x86_64 boot for the 64-bit Linux boot protocol (Documentation/arch/x86/boot.rst in the Linux
-//! tree): the guest's e820 map, and loading a bzImage and writing its zero page and command line.
+//! tree): the guest's e820 map and boot layout, and inspecting and loading a bzImage and writing
+//! its zero page and command line.
 //!
 //! The bzImage, the zero page (`boot_params`) and the command line go through linux-loader, whose
 //! bzImage loader and `bootparam` types exist only on x86 hosts: that part is gated on the host,
-//! as a kernel is only ever loaded for the host's own architecture. The e820 map is part of the
-//! plan, checked on every host.
+//! as a kernel is only ever loaded for the host's own architecture. The e820 map and the placement
+//! of the initrd are part of the plan, checked on every host.
 
 use std::io;
 
 use thiserror::Error;
 use vm_memory::GuestMemoryError;
 
+use crate::boot::{BootLayout, LayoutError};
 use crate::platform::{GuestRange, Platform};
 use crate::x86_64::layout;
 
 #[cfg(target_arch = "x86_64")]
-pub use bzimage::{KernelLoad, load_initrd, load_kernel, write_boot_params};
+pub use bzimage::{BzImage, inspect, write_boot_params};
 
 /// e820 entry types (ACPI "address range types").
 pub const E820_RAM: u32 = 1;
@@ -71,18 +73,8 @@ pub enum BootError {
     KernelDoesNotFit { range: GuestRange },
     #[error("cannot load the bzImage into guest memory")]
     LoadKernel(#[source] linux_loader::loader::Error),
-    #[error("initrd is empty")]
-    EmptyInitrd,
-    #[error("kernel at {0:#x} is not in guest RAM")]
-    KernelOutsideRam(u64),
-    #[error("initrd of {size:#x} bytes does not fit between {floor:#x} and {ceiling:#x}")]
-    InitrdDoesNotFit { size: u64, floor: u64, ceiling: u64 },
-    #[error("kernel command line contains a NUL byte")]
-    CmdlineNul,
-    #[error("kernel command line is {len} bytes, at most {max} allowed")]
-    CmdlineTooLong { len: usize, max: u64 },
-    #[error("kernel command line is invalid")]
-    Cmdline(#[source] linux_loader::cmdline::Error),
+    #[error("the kernel command line")]
+    Cmdline(#[source] LayoutError),
     #[error(
         "cannot write the kernel command line to guest memory at {:#x}",
         layout::CMDLINE
@@ -113,6 +105,71 @@ pub enum BootError {
     VcpuCount(u32),
     #[error("CPUID table of {0} entries exceeds KVM's limit")]
     CpuidEntries(usize),
+}
+
+/// What placing a bzImage loaded at [`layout::HIMEM_START`] needs of its setup header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BzImageFootprint {
+    /// Guest memory the kernel owns until it runs: the loaded image and the area it decompresses
+    /// into (`init_size` bytes from its run address). Nothing else may be placed here.
+    pub range: GuestRange,
+    /// The 64-bit entry point.
+    pub entry: u64,
+    /// The highest address the initrd may occupy, inclusive.
+    pub initrd_addr_max: u32,
+    /// The longest command line the kernel takes, without the NUL.
+    pub cmdline_size: u32,
+}
+
+impl BzImageFootprint {
+    /// The longest command line the kernel takes, bounded by the layout's buffer.
+    pub fn cmdline_max(&self) -> u64 {
+        u64::from(self.cmdline_size).min(layout::CMDLINE_MAX - 1)
+    }
+}
+
+const PAGE_SIZE: u64 = 0x1000;
+
+/// The kernel at its load address, which must lie in one RAM region; the initrd page-aligned and
+/// as high as possible below both the kernel's `initrd_addr_max` and the end of that region (below
+/// the MMIO hole), above everything the kernel owns; the ACPI tables at their fixed place.
+/// Hand-written: linux-loader has no initrd placement.
+pub fn boot_layout(
+    ram: &[GuestRange],
+    kernel: &BzImageFootprint,
+    initrd_size: Option<u64>,
+) -> Result<BootLayout, LayoutError> {
+    let low_ram = ram
+        .iter()
+        .find(|r| r.contains(kernel.range.base) && kernel.range.end() <= r.end())
+        .ok_or(LayoutError::KernelDoesNotFit {
+            range: kernel.range,
+        })?;
+    let initrd = match initrd_size {
+        None => None,
+        Some(0) => return Err(LayoutError::EmptyInitrd),
+        Some(size) => {
+            let ceiling = (u64::from(kernel.initrd_addr_max) + 1).min(low_ram.end());
+            let floor = kernel.range.end().next_multiple_of(PAGE_SIZE);
+            let base = ceiling
+                .checked_sub(size)
+                .map(|top| top & !(PAGE_SIZE - 1))
+                .filter(|&base| base >= floor)
+                .ok_or(LayoutError::InitrdDoesNotFit {
+                    size,
+                    floor,
+                    ceiling,
+                })?;
+            Some(GuestRange::new(base, size))
+        }
+    };
+    Ok(BootLayout {
+        kernel: kernel.range,
+        entry: kernel.entry,
+        initrd,
+        firmware_tables: layout::ACPI_TABLES,
+        device_tree: None,
+    })
 }
 
 /// The guest's e820 map, sorted and without overlaps:
@@ -189,18 +246,16 @@ fn clip(range: GuestRange, start: u64, end: u64) -> Option<GuestRange> {
 mod bzimage {
     use std::io::{self, Read, Seek, SeekFrom};
 
-    use linux_loader::cmdline::{Cmdline, Error as CmdlineError};
     use linux_loader::configurator::{BootConfigurator, BootParams, linux::LinuxBootConfigurator};
     use linux_loader::loader::bootparam::{
         CAN_USE_HEAP, E820_MAX_ENTRIES_ZEROPAGE, LOADED_HIGH, XLF_KERNEL_64, boot_e820_entry,
         boot_params, setup_header,
     };
-    use linux_loader::loader::{BzImage, KernelLoader, load_cmdline};
-    use vm_memory::{
-        ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, ReadVolatile,
-    };
+    use linux_loader::loader::{BzImage as Loader, KernelLoader, load_cmdline};
+    use vm_memory::{ByteValued, GuestAddress, GuestMemoryBackend, ReadVolatile};
 
-    use super::{BootError, E820_MAX_ENTRIES, e820_map};
+    use super::{BootError, BzImageFootprint, E820_MAX_ENTRIES, e820_map};
+    use crate::boot::kernel_cmdline;
     use crate::platform::{GuestRange, Platform};
     use crate::x86_64::layout;
 
@@ -221,7 +276,6 @@ mod bzimage {
     const SECTOR: u64 = 512;
     /// `setup_sects == 0` means 4, for compatibility with ancient kernels.
     const DEFAULT_SETUP_SECTS: u8 = 4;
-    const PAGE_SIZE: u64 = 0x1000;
     /// `type_of_loader` for a boot loader without an assigned ID.
     const LOADER_TYPE_UNDEFINED: u8 = 0xff;
     /// The end of the setup heap, as an offset from the real-mode code minus 0x200. The real-mode
@@ -229,27 +283,19 @@ mod bzimage {
     /// 0x1_0000 with its heap ending at the command line (0x2_0000).
     const HEAP_END_PTR: u16 = 0xfe00;
 
-    /// A bzImage loaded into guest memory.
-    #[derive(Debug, Clone, Copy, PartialEq)]
-    pub struct KernelLoad {
-        /// The 64-bit entry point.
-        pub entry: u64,
+    /// A checked bzImage, not yet in guest memory.
+    #[derive(Debug, Clone, Copy)]
+    pub struct BzImage {
         /// The setup header read from the image, with `code32_start` set to the load address and
         /// bytes past the image's own header length cleared.
         pub setup_header: setup_header,
-        /// Guest memory the kernel owns until it runs: the loaded image and the area it decompresses
-        /// into (`init_size` bytes from its run address). Nothing else may be placed here.
-        pub range: GuestRange,
+        footprint: BzImageFootprint,
     }
 
-    /// Loads the bzImage in `kernel` at [`layout::HIMEM_START`] with linux-loader, after the checks
-    /// the crate does not make (boot flag, 64-bit entry point, the footprint fits guest RAM), so a
-    /// kernel that cannot boot here is refused before guest memory is written.
-    pub fn load_kernel<M, F>(mem: &M, kernel: &mut F) -> Result<KernelLoad, BootError>
-    where
-        M: GuestMemoryBackend,
-        F: Read + ReadVolatile + Seek,
-    {
+    /// Reads the bzImage in `kernel` and makes the checks linux-loader does not make (boot flag,
+    /// 64-bit entry point, the footprint from its load address at [`layout::HIMEM_START`]), so a
+    /// kernel that cannot boot here is refused before anything is planned.
+    pub fn inspect(kernel: &mut (impl Read + Seek)) -> Result<BzImage, BootError> {
         let read_err = |source| BootError::Read {
             what: "kernel image",
             source,
@@ -287,21 +333,34 @@ mod bzimage {
             ))?;
 
         let range = kernel_footprint(&hdr, image_size)?;
-        let backed = usize::try_from(range.size)
-            .is_ok_and(|len| mem.check_range(GuestAddress(range.base), len));
-        if !backed {
-            return Err(BootError::KernelDoesNotFit { range });
+        // The header is handed on to the zero page: record where the protected-mode code will be.
+        hdr.code32_start = layout::HIMEM_START as u32;
+        Ok(BzImage {
+            setup_header: hdr,
+            footprint: BzImageFootprint {
+                range,
+                entry: layout::HIMEM_START + ENTRY_64_OFFSET,
+                initrd_addr_max: hdr.initrd_addr_max,
+                cmdline_size: hdr.cmdline_size,
+            },
+        })
+    }
+
+    impl BzImage {
+        pub fn footprint(&self) -> BzImageFootprint {
+            self.footprint
         }
 
-        let loaded = BzImage::load(mem, Some(GuestAddress(layout::HIMEM_START)), kernel, None)
-            .map_err(BootError::LoadKernel)?;
-        // The header is handed on to the zero page: record where the protected-mode code really is.
-        hdr.code32_start = layout::HIMEM_START as u32;
-        Ok(KernelLoad {
-            entry: loaded.kernel_load.0 + ENTRY_64_OFFSET,
-            setup_header: hdr,
-            range,
-        })
+        /// Has linux-loader load the inspected `file` at [`layout::HIMEM_START`].
+        pub fn load<M, F>(&self, mem: &M, file: &mut F) -> Result<(), BootError>
+        where
+            M: GuestMemoryBackend,
+            F: Read + ReadVolatile + Seek,
+        {
+            Loader::load(mem, Some(GuestAddress(layout::HIMEM_START)), file, None)
+                .map_err(BootError::LoadKernel)?;
+            Ok(())
+        }
     }
 
     /// Reads the setup header, keeping only as many bytes as the image says its header has (0x202
@@ -354,68 +413,12 @@ mod bzimage {
         Ok(GuestRange::new(load, end - load))
     }
 
-    /// Loads `size` bytes of initrd from the start of `initrd`, page-aligned and as high as possible
-    /// below both the kernel's `initrd_addr_max` and the end of the low RAM region (the one holding
-    /// the kernel, below the MMIO hole), and above everything the kernel owns. Hand-written:
-    /// linux-loader has no initrd placement.
-    pub fn load_initrd<M, F>(
-        mem: &M,
-        platform_ram: &[GuestRange],
-        kernel: &KernelLoad,
-        initrd: &mut F,
-        size: u64,
-    ) -> Result<GuestRange, BootError>
-    where
-        M: GuestMemoryBackend,
-        F: ReadVolatile + Seek,
-    {
-        if size == 0 {
-            return Err(BootError::EmptyInitrd);
-        }
-        let low_ram = platform_ram
-            .iter()
-            .find(|r| r.contains(kernel.range.base))
-            .ok_or(BootError::KernelOutsideRam(kernel.range.base))?;
-        // `initrd_addr_max` is the highest address the initrd may occupy, inclusive.
-        let ceiling = (u64::from(kernel.setup_header.initrd_addr_max) + 1).min(low_ram.end());
-        let floor = kernel.range.end().next_multiple_of(PAGE_SIZE);
-        let base = ceiling
-            .checked_sub(size)
-            .map(|top| top & !(PAGE_SIZE - 1))
-            .filter(|&base| base >= floor)
-            .ok_or(BootError::InitrdDoesNotFit {
-                size,
-                floor,
-                ceiling,
-            })?;
-
-        let read_err = |source| BootError::Read {
-            what: "initrd",
-            source,
-        };
-        initrd.seek(SeekFrom::Start(0)).map_err(read_err)?;
-        // `size` fits below 4 GiB, so in usize.
-        mem.read_exact_volatile_from(GuestAddress(base), initrd, size as usize)
-            .map_err(|source| match source {
-                GuestMemoryError::PartialBuffer { .. } => {
-                    read_err(io::ErrorKind::UnexpectedEof.into())
-                }
-                GuestMemoryError::IOError(e) => read_err(e),
-                source => BootError::GuestWrite {
-                    what: "initrd",
-                    addr: base,
-                    source,
-                },
-            })?;
-        Ok(GuestRange::new(base, size))
-    }
-
     /// Writes the zero page at [`layout::ZERO_PAGE`] and the command line at [`layout::CMDLINE`].
     /// `rsdp` is the ACPI RSDP's address (0: the kernel scans for it).
     pub fn write_boot_params<M: GuestMemoryBackend>(
         mem: &M,
         platform: &Platform,
-        kernel: &KernelLoad,
+        kernel: &BzImage,
         rsdp: u64,
     ) -> Result<(), BootError> {
         let mut params = boot_params::default();
@@ -424,7 +427,8 @@ mod bzimage {
         hdr.loadflags |= CAN_USE_HEAP;
         hdr.heap_end_ptr = HEAP_END_PTR;
 
-        let cmdline = kernel_cmdline(&platform.cmdline, hdr.cmdline_size)?;
+        let cmdline = kernel_cmdline(&platform.cmdline, kernel.footprint.cmdline_max())
+            .map_err(BootError::Cmdline)?;
         load_cmdline(mem, GuestAddress(layout::CMDLINE), &cmdline)
             .map_err(BootError::WriteCmdline)?;
         hdr.cmd_line_ptr = layout::CMDLINE as u32;
@@ -460,31 +464,16 @@ mod bzimage {
         .map_err(BootError::WriteZeroPage)
     }
 
-    /// The command line as linux-loader's `Cmdline`, which checks it against the kernel's
-    /// `cmdline_size` (bounded by the layout's buffer) and for NUL bytes.
-    fn kernel_cmdline(cmdline: &str, cmdline_size: u32) -> Result<Cmdline, BootError> {
-        let max = u64::from(cmdline_size).min(layout::CMDLINE_MAX - 1);
-        let cmdline_err = |e| match e {
-            CmdlineError::InvalidCapacity => BootError::CmdlineTooLong {
-                len: cmdline.len(),
-                max,
-            },
-            CmdlineError::NullTerminator => BootError::CmdlineNul,
-            e => BootError::Cmdline(e),
-        };
-        // The capacity counts the terminating NUL; `max` is below CMDLINE_MAX, so it fits usize.
-        let built = Cmdline::try_from(cmdline, max as usize + 1).map_err(cmdline_err)?;
-        built.as_cstring().map_err(cmdline_err)?;
-        Ok(built)
-    }
-
     #[cfg(test)]
     mod tests {
         use std::io::Cursor;
 
+        use vm_memory::Bytes;
+
         use super::*;
+        use crate::boot::LayoutError;
         use crate::x86_64::boot::tests::{HIGH, MIB, platform};
-        use crate::x86_64::boot::{E820_ACPI, E820_RAM, E820_RESERVED};
+        use crate::x86_64::boot::{BootLayout, E820_ACPI, E820_RAM, E820_RESERVED, boot_layout};
 
         type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
 
@@ -540,9 +529,32 @@ mod bzimage {
             (0..5000u32).map(|i| (i % 251) as u8).collect()
         }
 
-        fn load(hdr: &setup_header) -> Result<KernelLoad, BootError> {
+        /// Inspects the bzImage `file` and loads it into `mem`.
+        fn load_kernel<F>(mem: &GuestMemoryMmap, file: &mut F) -> Result<BzImage, BootError>
+        where
+            F: Read + ReadVolatile + Seek,
+        {
+            let kernel = inspect(file)?;
+            kernel.load(mem, file)?;
+            Ok(kernel)
+        }
+
+        fn load(hdr: &setup_header) -> Result<BzImage, BootError> {
             let mem = guest_memory(256 * MIB);
             load_kernel(&mem, &mut Cursor::new(bzimage(hdr, &payload())))
+        }
+
+        /// Where the plan puts `kernel` and an initrd of `initrd_size` bytes in `memory_size` of RAM.
+        fn placed(
+            memory_size: u64,
+            kernel: &BzImage,
+            initrd_size: Option<u64>,
+        ) -> Result<BootLayout, LayoutError> {
+            boot_layout(
+                &layout::ram_regions(memory_size),
+                &kernel.footprint(),
+                initrd_size,
+            )
         }
 
         #[test]
@@ -551,10 +563,10 @@ mod bzimage {
             let image = bzimage(&header(), &payload());
             let kernel = load_kernel(&mem, &mut Cursor::new(image)).unwrap();
 
-            assert_eq!(kernel.entry, 0x10_0200);
+            assert_eq!(kernel.footprint().entry, 0x10_0200);
             // Relocatable, loaded at 1 MiB: decompresses at pref_address (16 MiB).
             assert_eq!(
-                kernel.range,
+                kernel.footprint().range,
                 GuestRange::new(0x10_0000, PREF_ADDRESS + u64::from(INIT_SIZE) - 0x10_0000)
             );
             let mut loaded = vec![0u8; payload().len()];
@@ -577,7 +589,7 @@ mod bzimage {
             let mem = guest_memory(256 * MIB);
             let kernel = load_kernel(&mem, &mut Cursor::new(bzimage(&hdr, &payload()))).unwrap();
             let mut first = [0u8; 4];
-            mem.read_slice(&mut first, GuestAddress(kernel.range.base))
+            mem.read_slice(&mut first, GuestAddress(kernel.footprint().range.base))
                 .unwrap();
             assert_eq!(first, payload()[..4]);
         }
@@ -615,7 +627,10 @@ mod bzimage {
                 ..header()
             };
             let kernel = load(&hdr).unwrap();
-            assert_eq!(kernel.range.end(), 0x200_0000 + u64::from(INIT_SIZE));
+            assert_eq!(
+                kernel.footprint().range.end(),
+                0x200_0000 + u64::from(INIT_SIZE)
+            );
         }
 
         #[test]
@@ -691,11 +706,21 @@ mod bzimage {
                 init_size: 0xff00_0000,
                 ..header()
             };
-            let err = load(&huge).unwrap_err();
+            let err = placed(256 * MIB, &load(&huge).unwrap(), None).unwrap_err();
             assert!(
-                matches!(err, BootError::KernelDoesNotFit { range } if range.base == 0x10_0000),
+                matches!(err, LayoutError::KernelDoesNotFit { range } if range.base == 0x10_0000),
                 "{err}"
             );
+            // Beyond the address space, already when inspected.
+            let wraps = setup_header {
+                relocatable_kernel: 0,
+                pref_address: u64::MAX - 0x1000,
+                ..header()
+            };
+            assert!(matches!(
+                load(&wraps),
+                Err(BootError::KernelDoesNotFit { .. })
+            ));
 
             let low = setup_header {
                 relocatable_kernel: 0,
@@ -717,117 +742,83 @@ mod bzimage {
             ));
 
             // The image itself larger than guest memory.
-            let mem = guest_memory(2 * MIB);
             let small = setup_header {
                 pref_address: 0x10_0000,
                 init_size: 0x1000,
                 ..header()
             };
             let image = bzimage(&small, &vec![1u8; 2 * MIB as usize]);
-            let err = load_kernel(&mem, &mut Cursor::new(image)).unwrap_err();
-            assert!(matches!(err, BootError::KernelDoesNotFit { range } if range.size == 2 * MIB));
+            let kernel = inspect(&mut Cursor::new(image)).unwrap();
+            let err = placed(2 * MIB, &kernel, None).unwrap_err();
+            assert!(
+                matches!(err, LayoutError::KernelDoesNotFit { range } if range.size == 2 * MIB)
+            );
         }
 
-        fn loaded_kernel(mem: &GuestMemoryMmap, hdr: &setup_header) -> KernelLoad {
+        fn loaded_kernel(mem: &GuestMemoryMmap, hdr: &setup_header) -> BzImage {
             load_kernel(mem, &mut Cursor::new(bzimage(hdr, &payload()))).unwrap()
         }
 
         #[test]
         fn initrd_goes_high_and_page_aligned() {
-            let mem = guest_memory(256 * MIB);
-            let kernel = loaded_kernel(&mem, &header());
-            let data: Vec<u8> = (0..0x1_2345u32).map(|i| (i % 253) as u8).collect();
-            let size = data.len() as u64;
-            let initrd = load_initrd(
-                &mem,
-                &layout::ram_regions(256 * MIB),
-                &kernel,
-                &mut Cursor::new(&data),
-                size,
-            )
-            .unwrap();
-            assert_eq!(initrd, GuestRange::new(0xffe_d000, size));
-            let mut back = vec![0u8; data.len()];
-            mem.read_slice(&mut back, GuestAddress(initrd.base))
-                .unwrap();
-            assert_eq!(back, data);
+            let kernel = load(&header()).unwrap();
+            let layout = placed(256 * MIB, &kernel, Some(0x1_2345)).unwrap();
+            assert_eq!(layout.initrd, Some(GuestRange::new(0xffe_d000, 0x1_2345)));
+            assert_eq!(layout.kernel, kernel.footprint().range);
+            assert_eq!(layout.entry, 0x10_0200);
+            assert_eq!(layout.firmware_tables, layout::ACPI_TABLES);
+            assert_eq!(placed(256 * MIB, &kernel, None).unwrap().initrd, None);
         }
 
         #[test]
         fn initrd_respects_initrd_addr_max() {
             // 4 GiB: low RAM ends at the hole (3 GiB), the kernel allows up to 0x37ff_ffff.
-            let mem = guest_memory(4 * GIB);
             let hdr = setup_header {
                 initrd_addr_max: 0x37ff_ffff,
                 ..header()
             };
-            let kernel = loaded_kernel(&mem, &hdr);
-            let initrd = load_initrd(
-                &mem,
-                &layout::ram_regions(4 * GIB),
-                &kernel,
-                &mut Cursor::new(vec![7u8; 0x3000]),
-                0x3000,
-            )
-            .unwrap();
-            assert_eq!(initrd, GuestRange::new(0x3800_0000 - 0x3000, 0x3000));
+            let initrd = placed(4 * GIB, &load(&hdr).unwrap(), Some(0x3000))
+                .unwrap()
+                .initrd;
+            assert_eq!(initrd, Some(GuestRange::new(0x3800_0000 - 0x3000, 0x3000)));
 
             // Without that limit, the end of RAM below the hole.
             let hdr = setup_header {
                 initrd_addr_max: 0xffff_ffff,
                 ..header()
             };
-            let kernel = loaded_kernel(&mem, &hdr);
-            let initrd = load_initrd(
-                &mem,
-                &layout::ram_regions(4 * GIB),
-                &kernel,
-                &mut Cursor::new(vec![7u8; 0x3000]),
-                0x3000,
-            )
-            .unwrap();
+            let initrd = placed(4 * GIB, &load(&hdr).unwrap(), Some(0x3000))
+                .unwrap()
+                .initrd
+                .unwrap();
             assert_eq!(initrd.end(), layout::MMIO_HOLE.base);
         }
 
         #[test]
         fn initrd_errors() {
-            let mem = guest_memory(32 * MIB);
-            let ram = layout::ram_regions(32 * MIB);
-            let kernel = loaded_kernel(&mem, &header());
+            let kernel = load(&header()).unwrap();
 
-            let err = load_initrd(&mem, &ram, &kernel, &mut Cursor::new(vec![]), 0).unwrap_err();
-            assert!(matches!(err, BootError::EmptyInitrd));
+            let err = placed(32 * MIB, &kernel, Some(0)).unwrap_err();
+            assert!(matches!(err, LayoutError::EmptyInitrd));
 
             // The kernel owns up to 24 MiB; 9 MiB do not fit above it.
             let size = 9 * MIB;
-            let err = load_initrd(&mem, &ram, &kernel, &mut Cursor::new(vec![]), size).unwrap_err();
+            let err = placed(32 * MIB, &kernel, Some(size)).unwrap_err();
             assert!(
                 matches!(
                     err,
-                    BootError::InitrdDoesNotFit { size: s, floor, ceiling }
+                    LayoutError::InitrdDoesNotFit { size: s, floor, ceiling }
                         if s == size && floor == 24 * MIB && ceiling == 32 * MIB
                 ),
                 "{err}"
             );
 
-            // The file is shorter than the size given.
-            let err = load_initrd(&mem, &ram, &kernel, &mut Cursor::new(vec![1u8; 10]), 0x1000)
-                .unwrap_err();
+            let elsewhere = [GuestRange::new(HIGH, GIB)];
+            let err = boot_layout(&elsewhere, &kernel.footprint(), Some(10)).unwrap_err();
             assert!(
-                matches!(err, BootError::Read { what: "initrd", .. }),
+                matches!(err, LayoutError::KernelDoesNotFit { range } if range.base == 0x10_0000),
                 "{err}"
             );
-
-            let elsewhere = [GuestRange::new(HIGH, GIB)];
-            let err = load_initrd(
-                &mem,
-                &elsewhere,
-                &kernel,
-                &mut Cursor::new(vec![1u8; 10]),
-                10,
-            )
-            .unwrap_err();
-            assert!(matches!(err, BootError::KernelOutsideRam(0x10_0000)));
         }
 
         fn read_zero_page(mem: &GuestMemoryMmap) -> boot_params {
@@ -963,7 +954,10 @@ mod bzimage {
             let err =
                 write_boot_params(&mem, &platform(64 * MIB, long, None), &kernel, 0).unwrap_err();
             assert!(
-                matches!(err, BootError::CmdlineTooLong { len: 17, max: 16 }),
+                matches!(
+                    err,
+                    BootError::Cmdline(LayoutError::CmdlineTooLong { len: 17, max: 16 })
+                ),
                 "{err}"
             );
 
@@ -971,7 +965,7 @@ mod bzimage {
             let nul = "root=/vda\0sh";
             let err =
                 write_boot_params(&mem, &platform(64 * MIB, nul, None), &kernel, 0).unwrap_err();
-            assert!(matches!(err, BootError::CmdlineNul));
+            assert!(matches!(err, BootError::Cmdline(LayoutError::CmdlineNul)));
 
             // The layout's buffer bounds a kernel that claims more.
             let hdr = setup_header {
@@ -982,9 +976,11 @@ mod bzimage {
             let huge = "x".repeat(layout::CMDLINE_MAX as usize);
             let err =
                 write_boot_params(&mem, &platform(64 * MIB, &huge, None), &kernel, 0).unwrap_err();
-            assert!(
-                matches!(err, BootError::CmdlineTooLong { max, .. } if max == layout::CMDLINE_MAX - 1)
-            );
+            assert!(matches!(
+                err,
+                BootError::Cmdline(LayoutError::CmdlineTooLong { max, .. })
+                    if max == layout::CMDLINE_MAX - 1
+            ));
         }
     }
 }

@@ -4,8 +4,7 @@
 use std::mem::offset_of;
 use std::sync::{Arc, Mutex};
 
-use arch::aarch64::{efi, fdt, image};
-use arch::platform::{FirmwareInterface, InterruptController, RegisterSpace};
+use arch::platform::{Aarch64Parts, ArchParts, Gic, InterruptController};
 use devices::serial::SERIAL_REGISTERS;
 use kvm_bindings::{
     KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2, KVM_DEV_ARM_VGIC_CTRL_INIT,
@@ -18,11 +17,23 @@ use kvm_bindings::{
 use kvm_ioctls::{DeviceFd, Kvm, VcpuFd, VmFd};
 
 use super::{BuildContext, VmError, kvm_err};
+use crate::payload::PayloadError;
 
 /// Kept alive for the VM's lifetime: the vGIC and its ITS.
 pub struct ArchState {
     _gic: DeviceFd,
     _its: DeviceFd,
+}
+
+/// Why the boot state of an aarch64 guest cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("the plan is for another architecture than this aarch64 host")]
+    OtherArch,
+    #[error("loading the payload")]
+    Payload(#[from] PayloadError),
+    #[error("the boot layout has no device tree for X0")]
+    NoDeviceTree,
 }
 
 /// The GSI table: every SPI on the vGIC, MSIs above.
@@ -39,83 +50,19 @@ pub fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
 }
 
 pub(crate) fn setup(ctx: &mut BuildContext) -> Result<(Vec<VcpuFd>, ArchState), VmError> {
+    let ArchParts::Aarch64(parts) = *ctx.platform.parts() else {
+        return Err(BootError::OtherArch.into());
+    };
     // vCPUs exist before the vGIC is initialised: it sizes its redistributors by them.
     let vcpus = create_vcpus(ctx.vm, ctx.platform.vcpus)?;
-    let (gic, its) = create_gic(ctx.vm, &ctx.platform.interrupt_controller)?;
-    attach_serial(ctx)?;
+    let (gic, its) = create_gic(ctx.vm, &parts.gic)?;
+    attach_serial(ctx, &parts)?;
 
-    let ram = ctx.platform.memory[0];
-    let kernel_path = ctx
-        .config
-        .payload
-        .kernel
-        .clone()
-        .expect("validated: kernel set");
-    let mut kernel_file = ctx.open_payload("opening the kernel", &kernel_path)?;
-    let kernel =
-        image::load_kernel(ctx.memory, ram, &mut kernel_file).map_err(|e| VmError::Kernel {
-            path: kernel_path.clone(),
-            message: e.to_string(),
-        })?;
-    // The device tree carries the command line: check it against the arm64 kernel's buffer.
-    image::kernel_cmdline(&ctx.platform.cmdline).map_err(|e| VmError::Kernel {
-        path: kernel_path.clone(),
-        message: e.to_string(),
-    })?;
-    let initrd_size = match &ctx.config.payload.initramfs {
-        Some(path) => Some(
-            std::fs::metadata(path)
-                .map_err(|source| VmError::File {
-                    what: "reading the size of the initramfs",
-                    path: path.clone(),
-                    source,
-                })?
-                .len(),
-        ),
-        None => None,
-    };
-    let layout = image::boot_layout(ram, &kernel, initrd_size).map_err(|e| VmError::Kernel {
-        path: kernel_path.clone(),
-        message: e.to_string(),
-    })?;
-    if let (Some(path), Some(range)) = (&ctx.config.payload.initramfs, layout.initrd) {
-        let data = std::fs::read(path).map_err(|source| VmError::File {
-            what: "reading the initramfs",
-            path: path.clone(),
-            source,
-        })?;
-        if data.len() as u64 != range.size {
-            return Err(VmError::Initramfs {
-                path: path.clone(),
-                message: "changed size while being loaded".into(),
-            });
-        }
-        ctx.write_blob("the initramfs", range.base, &data)?;
-        *ctx.platform = ctx.platform.clone().with_initrd(range)?;
-    }
-
-    let dtb = match ctx.platform.firmware {
-        FirmwareInterface::DeviceTree => {
-            fdt::device_tree(ctx.platform).map_err(|e| VmError::Firmware(e.to_string()))?
-        }
-        FirmwareInterface::Acpi => {
-            let boot = efi::acpi_boot(ctx.platform, layout.firmware_tables)
-                .map_err(|e| VmError::Firmware(e.to_string()))?;
-            for (addr, bytes) in &boot.blobs {
-                ctx.write_blob("firmware tables", *addr, bytes)?;
-            }
-            boot.stub_dtb
-        }
-    };
-    if dtb.len() as u64 > layout.fdt.size {
-        return Err(VmError::Firmware(format!(
-            "the device tree is {} bytes, more than the {} reserved",
-            dtb.len(),
-            layout.fdt.size
-        )));
-    }
-    ctx.write_blob("the device tree", layout.fdt.base, &dtb)?;
-    set_boot_registers(&vcpus[0], kernel.entry, layout.fdt.base)?;
+    ctx.payload
+        .load(ctx.memory, ctx.plan)
+        .map_err(BootError::Payload)?;
+    let fdt = ctx.plan.boot.device_tree.ok_or(BootError::NoDeviceTree)?;
+    set_boot_registers(&vcpus[0], ctx.plan.boot.entry, fdt.base)?;
     Ok((
         vcpus,
         ArchState {
@@ -172,22 +119,14 @@ fn create_device(vm: &VmFd, kind: u32, step: &'static str) -> Result<DeviceFd, V
     vm.create_device(&mut dev).map_err(kvm_err(step))
 }
 
-fn create_gic(
-    vm: &VmFd,
-    controller: &InterruptController,
-) -> Result<(DeviceFd, DeviceFd), VmError> {
-    let InterruptController::GicV3 {
+fn create_gic(vm: &VmFd, gic_plan: &Gic) -> Result<(DeviceFd, DeviceFd), VmError> {
+    let Gic {
         distributor,
         redistributors,
         its,
         nr_irqs,
         ..
-    } = controller
-    else {
-        return Err(VmError::Firmware(
-            "aarch64 guests need a GICv3 in the plan".into(),
-        ));
-    };
+    } = gic_plan;
     let gic = create_device(
         vm,
         kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3,
@@ -247,21 +186,17 @@ fn create_gic(
     Ok((gic, its_dev))
 }
 
-fn attach_serial(ctx: &mut BuildContext) -> Result<(), VmError> {
-    let (Some(serial), Some(port), Some(irq)) = (&ctx.serial, ctx.platform.serial, &ctx.serial_irq)
-    else {
+fn attach_serial(ctx: &mut BuildContext, parts: &Aarch64Parts) -> Result<(), VmError> {
+    let (Some(serial), Some(uart), Some(irq)) = (&ctx.serial, parts.uart, &ctx.serial_irq) else {
         return Ok(());
     };
-    let RegisterSpace::Mmio(base) = port.registers else {
-        return Err(VmError::Firmware(
-            "the aarch64 UART must be memory mapped".into(),
-        ));
-    };
     let device: Arc<Mutex<dyn devices::bus::BusDevice>> = serial.clone();
-    ctx.buses.mmio.insert(base, SERIAL_REGISTERS, device)?;
+    ctx.buses
+        .mmio
+        .insert(u64::from(uart.base), SERIAL_REGISTERS, device)?;
     // With the vGIC's default routing, GSI n is SPI n.
     ctx.vm
-        .register_irqfd(irq, port.irq)
+        .register_irqfd(irq, uart.spi)
         .map_err(kvm_err("KVM_IRQFD for the UART"))?;
     Ok(())
 }

@@ -19,7 +19,7 @@ mod x86_64;
 #[cfg(target_arch = "x86_64")]
 use x86_64 as guest;
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -30,11 +30,13 @@ use devices::bus::{Bus, BusError};
 use devices::serial::SerialDevice;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::config::{RebootAction, SerialConfig, VmConfig};
 use crate::host::ProbedHost;
+use crate::payload::Payload;
+use crate::plan::Plan;
 use exit::{ExitSignal, GuestExit};
 use vcpu::{Buses, VcpuThreads};
 
@@ -59,23 +61,10 @@ pub enum VmError {
         #[source]
         source: io::Error,
     },
-    #[error("loading the kernel {path}: {message}")]
-    Kernel { path: PathBuf, message: String },
-    #[error("loading the initramfs {path}: {message}")]
-    Initramfs { path: PathBuf, message: String },
-    #[error("building the firmware tables: {0}")]
-    Firmware(String),
-    #[error("writing {what} to guest memory at {addr:#x}")]
-    GuestWrite {
-        what: &'static str,
-        addr: u64,
-        #[source]
-        source: vm_memory::GuestMemoryError,
-    },
+    #[error("setting up the guest's boot state")]
+    Boot(#[from] guest::BootError),
     #[error("placing a device")]
     Bus(#[from] BusError),
-    #[error("the plan with the initramfs where it was loaded")]
-    Initrd(#[from] arch::platform::PlatformError),
     #[error("passthrough")]
     Passthrough(#[from] pci::PassthroughError),
     #[error("{step}")]
@@ -96,8 +85,9 @@ pub(crate) fn io_err(step: &'static str) -> impl FnOnce(io::Error) -> VmError {
 
 /// What the arch-specific build needs and fills in.
 pub(crate) struct BuildContext<'a> {
-    pub config: &'a VmConfig,
-    pub platform: &'a mut CheckedPlatform,
+    pub platform: &'a CheckedPlatform,
+    pub plan: &'a Plan,
+    pub payload: &'a Payload,
     pub vm: &'a VmFd,
     #[cfg_attr(target_arch = "aarch64", allow(dead_code))]
     pub kvm: &'a Kvm,
@@ -108,22 +98,6 @@ pub(crate) struct BuildContext<'a> {
     pub serial_irq: Option<EventFd>,
     #[cfg_attr(target_arch = "aarch64", allow(dead_code))]
     pub exit: Arc<ExitSignal>,
-}
-
-impl BuildContext<'_> {
-    pub fn write_blob(&self, what: &'static str, addr: u64, bytes: &[u8]) -> Result<(), VmError> {
-        self.memory
-            .write_slice(bytes, GuestAddress(addr))
-            .map_err(|source| VmError::GuestWrite { what, addr, source })
-    }
-
-    pub fn open_payload(&self, what: &'static str, path: &PathBuf) -> Result<File, VmError> {
-        File::open(path).map_err(|source| VmError::File {
-            what,
-            path: path.clone(),
-            source,
-        })
-    }
 }
 
 /// A built, not yet running VM.
@@ -191,11 +165,12 @@ fn guest_memory(vm: &VmFd, regions: &[GuestRange]) -> Result<GuestMemoryMmap, Vm
 /// Builds the VM the plan describes on the probed host.
 pub fn build(
     config: &VmConfig,
-    plan: &CheckedPlatform,
+    plan: &Plan,
+    payload: &Payload,
     host: &ProbedHost,
     exit: Arc<ExitSignal>,
 ) -> Result<Vm, VmError> {
-    let mut platform = plan.clone();
+    let platform = plan.platform.clone();
     // Declared before the VM fd so that, should the build fail, the VM (and its memslots) is
     // dropped before the guest RAM they point at.
     let memory: GuestMemoryMmap;
@@ -220,8 +195,9 @@ pub fn build(
         }
     };
     let mut ctx = BuildContext {
-        config,
-        platform: &mut platform,
+        platform: &platform,
+        plan,
+        payload,
         vm: &vm,
         kvm: &kvm,
         memory: &memory,
@@ -306,14 +282,15 @@ impl Vm {
 /// Builds and runs the planned guest, restarting it on reset when asked to.
 pub fn run(
     config: &VmConfig,
-    plan: &CheckedPlatform,
+    plan: &Plan,
+    payload: &Payload,
     host: &ProbedHost,
 ) -> Result<GuestExit, VmError> {
     let signals = event_loop::signal_fd().map_err(io_err("setting up signal handling"))?;
     vcpu::install_kick_handler().map_err(io_err("installing the vCPU kick handler"))?;
     loop {
         let exit = Arc::new(ExitSignal::new().map_err(io_err("creating the exit eventfd"))?);
-        let vm = build(config, plan, host, exit)?;
+        let vm = build(config, plan, payload, host, exit)?;
         log::info!(
             "guest starting: {} vCPUs, {} MiB",
             vm.platform().vcpus,

@@ -3,8 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use arch::acpi;
-use arch::platform::{PowerControl, RegisterSpace};
+use arch::platform::ArchParts;
 use arch::x86_64::{boot, cpuid, layout, regs};
 use devices::bus::BusDevice;
 use devices::power::{AcpiPowerBlock, POWER_BLOCK_SIZE, PowerEvents};
@@ -14,9 +13,33 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
 use super::exit::{ExitSignal, GuestExit};
 use super::{BuildContext, VmError, kvm_err};
+use crate::payload::PayloadError;
 
 /// Nothing beyond the VM fd needs keeping alive on x86.
 pub struct ArchState;
+
+/// Why the boot state of an x86 guest cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("the plan is for another architecture than this x86 host")]
+    OtherArch,
+    #[error("loading the payload")]
+    Payload(#[from] PayloadError),
+    #[error("writing the zero page and the command line")]
+    BootParams(#[source] boot::BootError),
+    #[error("writing the boot page tables and GDT")]
+    BootMemory(#[source] boot::BootError),
+    #[error("the boot MSR list")]
+    MsrList(#[source] vmm_sys_util::fam::Error),
+    #[error("KVM refused boot MSR {0:#x}")]
+    MsrRefused(u32),
+    #[error("the CPUID of vCPU {index}")]
+    Cpuid {
+        index: u32,
+        #[source]
+        source: boot::BootError,
+    },
+}
 
 /// The TSS needs three pages of guest physical space outside RAM; KVM's customary spot.
 const TSS_ADDRESS: usize = 0xfffb_d000;
@@ -59,83 +82,43 @@ impl PowerEvents for ExitOnPower {
 pub(crate) fn setup(ctx: &mut BuildContext) -> Result<(Vec<VcpuFd>, ArchState), VmError> {
     attach_devices(ctx)?;
 
-    let kernel_path = ctx
-        .config
+    let tables = ctx
         .payload
-        .kernel
-        .clone()
-        .expect("validated: kernel set");
-    let mut kernel_file = ctx.open_payload("opening the kernel", &kernel_path)?;
-    let kernel = boot::load_kernel(ctx.memory, &mut kernel_file).map_err(|e| VmError::Kernel {
-        path: kernel_path.clone(),
-        message: e.to_string(),
-    })?;
-    if let Some(path) = &ctx.config.payload.initramfs {
-        let mut file = ctx.open_payload("opening the initramfs", path)?;
-        let size = file
-            .metadata()
-            .map_err(|source| VmError::File {
-                what: "reading the size of the initramfs",
-                path: path.clone(),
-                source,
-            })?
-            .len();
-        let range = boot::load_initrd(ctx.memory, &ctx.platform.memory, &kernel, &mut file, size)
-            .map_err(|e| VmError::Initramfs {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        *ctx.platform = ctx.platform.clone().with_initrd(range)?;
-    }
+        .load(ctx.memory, ctx.plan)
+        .map_err(BootError::Payload)?;
+    let rsdp = tables.rsdp.unwrap_or(0);
+    boot::write_boot_params(ctx.memory, ctx.platform, ctx.payload.bzimage(), rsdp)
+        .map_err(BootError::BootParams)?;
+    regs::setup_boot_memory(ctx.memory).map_err(BootError::BootMemory)?;
 
-    let tables = acpi::build(ctx.platform, layout::ACPI_TABLES)
-        .map_err(|e| VmError::Firmware(e.to_string()))?;
-    for table in &tables.tables {
-        ctx.write_blob("an ACPI table", table.address, &table.bytes)?;
-    }
-    boot::write_boot_params(ctx.memory, ctx.platform, &kernel, tables.rsdp)
-        .map_err(|e| VmError::Firmware(e.to_string()))?;
-    regs::setup_boot_memory(ctx.memory).map_err(|e| VmError::Firmware(e.to_string()))?;
-
-    let vcpus = create_vcpus(ctx, kernel.entry)?;
+    let vcpus = create_vcpus(ctx, ctx.plan.boot.entry)?;
     Ok((vcpus, ArchState))
 }
 
 fn attach_devices(ctx: &mut BuildContext) -> Result<(), VmError> {
-    if let (Some(serial), Some(port), Some(irq)) =
-        (&ctx.serial, ctx.platform.serial, &ctx.serial_irq)
-    {
-        let RegisterSpace::Pio(base) = port.registers else {
-            return Err(VmError::Firmware(
-                "the x86 UART must be in I/O space".into(),
-            ));
-        };
+    let ArchParts::X86_64(parts) = ctx.platform.parts() else {
+        return Err(BootError::OtherArch.into());
+    };
+    if let (Some(serial), Some(uart), Some(irq)) = (&ctx.serial, parts.uart, &ctx.serial_irq) {
         let device: Arc<Mutex<dyn BusDevice>> = serial.clone();
         ctx.buses
             .pio
-            .insert(u64::from(base), SERIAL_REGISTERS, device)?;
+            .insert(u64::from(uart.port), SERIAL_REGISTERS, device)?;
         ctx.vm
-            .register_irqfd(irq, port.irq)
+            .register_irqfd(irq, uart.gsi)
             .map_err(kvm_err("KVM_IRQFD for COM1"))?;
     }
-    if let PowerControl::AcpiPorts {
-        sleep_control,
-        reset_value,
-        s5_sleep_type,
-        ..
-    } = ctx.platform.power
-    {
-        let block = AcpiPowerBlock::new(
-            s5_sleep_type,
-            reset_value,
-            Box::new(ExitOnPower(ctx.exit.clone())),
-        );
-        ctx.buses.pio.insert(
-            u64::from(sleep_control),
-            POWER_BLOCK_SIZE,
-            Arc::new(Mutex::new(block)),
-        )?;
-    }
+    let power = parts.power;
+    let block = AcpiPowerBlock::new(
+        power.s5_sleep_type,
+        power.reset_value,
+        Box::new(ExitOnPower(ctx.exit.clone())),
+    );
+    ctx.buses.pio.insert(
+        u64::from(power.sleep_control),
+        POWER_BLOCK_SIZE,
+        Arc::new(Mutex::new(block)),
+    )?;
     Ok(())
 }
 
@@ -145,8 +128,7 @@ fn create_vcpus(ctx: &BuildContext, entry: u64) -> Result<Vec<VcpuFd>, VmError> 
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     let count = ctx.platform.vcpus;
-    let msrs = Msrs::from_entries(&regs::boot_msrs())
-        .map_err(|e| VmError::Firmware(format!("boot MSR list: {e:?}")))?;
+    let msrs = Msrs::from_entries(&regs::boot_msrs()).map_err(BootError::MsrList)?;
     (0..count)
         .map(|index| {
             let vcpu = ctx
@@ -154,14 +136,12 @@ fn create_vcpus(ctx: &BuildContext, entry: u64) -> Result<Vec<VcpuFd>, VmError> 
                 .create_vcpu(u64::from(index))
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
             let cpuid = cpuid::vcpu_cpuid(&supported, index, count)
-                .map_err(|e| VmError::Firmware(e.to_string()))?;
+                .map_err(|source| BootError::Cpuid { index, source })?;
             vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
             let written = vcpu.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
             if written != msrs.as_slice().len() {
                 let refused = msrs.as_slice().get(written).map_or(0, |m| m.index);
-                return Err(VmError::Firmware(format!(
-                    "KVM refused boot MSR {refused:#x}"
-                )));
+                return Err(BootError::MsrRefused(refused).into());
             }
             let sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
             vcpu.set_sregs(&regs::boot_sregs(&sregs))

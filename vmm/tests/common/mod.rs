@@ -10,6 +10,18 @@ pub fn repo() -> PathBuf {
         .to_path_buf()
 }
 
+/// A kernel for the architecture under test that passes inspection: for aarch64 the 64-byte header
+/// of an Image with a 2 MiB footprint; for x86 a protocol 2.15 relocatable 64-bit bzImage, one setup
+/// sector and 512 bytes of kernel, with an 8 MiB `init_size` at a 16 MiB `pref_address`.
+pub fn kernel() -> PathBuf {
+    let name = if cfg!(target_arch = "aarch64") {
+        "Image"
+    } else {
+        "bzImage"
+    };
+    repo().join("vmm/tests/kernels").join(name)
+}
+
 /// Runs the binary with `args`. An aarch64 test run on an x86 host is itself under qemu-user,
 /// which does not follow exec, so the binary goes through the same runner there.
 pub fn microvmm(args: &[&str]) -> Output {
