@@ -349,6 +349,28 @@ pub struct VmConfig {
     pub stats: bool,
 }
 
+/// A configuration [`VmConfig::validate`] accepted: what the payload, the plan and the build
+/// take, so none of them re-checks or unwraps what validation settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidConfig {
+    config: VmConfig,
+    kernel: PathBuf,
+}
+
+impl ValidConfig {
+    pub fn kernel(&self) -> &Path {
+        &self.kernel
+    }
+}
+
+impl std::ops::Deref for ValidConfig {
+    type Target = VmConfig;
+
+    fn deref(&self) -> &VmConfig {
+        &self.config
+    }
+}
+
 /// One problem with a configuration, naming the field it is in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
@@ -410,7 +432,7 @@ impl VmConfig {
     }
 
     /// Checks the whole tree and reports every problem, each naming its field.
-    pub fn validate(&self, arch: HostArch) -> Result<(), ConfigError> {
+    pub fn validate(&self, arch: HostArch) -> Result<ValidConfig, ConfigError> {
         let mut problems = Vec::new();
         let mut problem = |field: &str, message: String| {
             problems.push(ConfigProblem {
@@ -586,10 +608,12 @@ impl VmConfig {
             }
         }
 
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(problems))
+        match (&self.payload.kernel, problems.is_empty()) {
+            (Some(kernel), true) => Ok(ValidConfig {
+                kernel: kernel.clone(),
+                config: self.clone(),
+            }),
+            _ => Err(ConfigError::Invalid(problems)),
         }
     }
 }

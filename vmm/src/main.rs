@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use vmm::cli::Cli;
-use vmm::config::{ConfigError, HostArch};
+use vmm::config::{HostArch, ValidConfig};
 use vmm::host::ProbedHost;
 use vmm::payload::Payload;
 use vmm::plan::Plan;
@@ -16,7 +16,7 @@ use vmm::error_chain as chain;
 /// configuration, the payload, the host's devices or the plan refuse.
 fn prepare(
     cli: &Cli,
-    config: &vmm::config::VmConfig,
+    config: &ValidConfig,
     arch: HostArch,
 ) -> Result<(ProbedHost, Payload, Plan), String> {
     let payload = Payload::open(config).map_err(|e| chain(&e))?;
@@ -54,14 +54,16 @@ fn main() -> ExitCode {
         }
     };
     let arch = HostArch::current();
-    let valid = config.validate(arch);
     if cli.print_config {
         println!("{}", config.to_json());
     }
-    if let Err(e @ ConfigError::Invalid(_)) | Err(e @ ConfigError::File { .. }) = valid {
-        eprintln!("microvmm: {e}");
-        return ExitCode::from(CONFIG_ERROR);
-    }
+    let config = match config.validate(arch) {
+        Ok(valid) => valid,
+        Err(e) => {
+            eprintln!("microvmm: {e}");
+            return ExitCode::from(CONFIG_ERROR);
+        }
+    };
     if cli.print_config {
         return ExitCode::SUCCESS;
     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use arch::boot::{EncodeError, GuestTables, KernelFootprint, PayloadFootprint};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError};
 
-use crate::config::VmConfig;
+use crate::config::ValidConfig;
 use crate::plan::Plan;
 
 /// The kernel format of the host's (and so the guest's) architecture.
@@ -20,8 +20,6 @@ use arch::x86_64::boot::{BootError as KernelError, BzImage as Kernel, inspect};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
-    #[error("payload.kernel: no kernel given")]
-    NoKernel,
     #[error("payload.{field}: cannot open {path}")]
     Open {
         field: &'static str,
@@ -93,12 +91,8 @@ pub struct Payload {
 
 impl Payload {
     /// Opens and inspects the kernel and the initramfs `config` names.
-    pub fn open(config: &VmConfig) -> Result<Self, PayloadError> {
-        let path = config
-            .payload
-            .kernel
-            .as_deref()
-            .ok_or(PayloadError::NoKernel)?;
+    pub fn open(config: &ValidConfig) -> Result<Self, PayloadError> {
+        let path = config.kernel();
         let kernel_file = Opened::open("kernel", path)?;
         let kernel = inspect(&mut &kernel_file.file).map_err(|source| PayloadError::Kernel {
             path: path.to_path_buf(),
@@ -196,7 +190,7 @@ impl Payload {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BootMode, ByteSize, HostArch, MemoryConfig};
+    use crate::config::{BootMode, ByteSize, HostArch, MemoryConfig, VmConfig};
     use crate::host::HostDescription;
 
     type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
@@ -244,8 +238,9 @@ mod tests {
         let initramfs = manifest_dir().join("Cargo.toml");
         for boot in [BootMode::Dt, BootMode::Acpi] {
             let mut c = config(&initramfs);
+            let payload = Payload::open(&c.validate(HostArch::current()).unwrap()).unwrap();
+            // The plan decides what `boot` means on this host (x86 guests always get ACPI).
             c.boot = Some(boot);
-            let payload = Payload::open(&c).unwrap();
             let plan = crate::plan::platform(
                 &c,
                 HostArch::current(),
@@ -288,7 +283,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!("microvmm-initrd-{}", std::process::id()));
         std::fs::write(&path, vec![7u8; 0x3000]).unwrap();
         let c = config(&path);
-        let payload = Payload::open(&c).unwrap();
+        let payload = Payload::open(&c.validate(HostArch::current()).unwrap()).unwrap();
         let plan = crate::plan::platform(
             &c,
             HostArch::current(),

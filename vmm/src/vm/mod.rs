@@ -33,7 +33,7 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use crate::config::{RebootAction, SerialConfig, VmConfig};
+use crate::config::{RebootAction, SerialConfig, ValidConfig};
 use crate::host::ProbedHost;
 use crate::payload::Payload;
 use crate::plan::Plan;
@@ -164,7 +164,7 @@ fn guest_memory(vm: &VmFd, regions: &[GuestRange]) -> Result<GuestMemoryMmap, Vm
 
 /// Builds the VM the plan describes on the probed host.
 pub fn build(
-    config: &VmConfig,
+    config: &ValidConfig,
     plan: &Plan,
     payload: &Payload,
     host: &ProbedHost,
@@ -281,7 +281,7 @@ impl Vm {
 
 /// Builds and runs the planned guest, restarting it on reset when asked to.
 pub fn run(
-    config: &VmConfig,
+    config: &ValidConfig,
     plan: &Plan,
     payload: &Payload,
     host: &ProbedHost,
