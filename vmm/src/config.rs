@@ -386,10 +386,23 @@ impl fmt::Display for ConfigProblem {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config file {path}: {message}")]
-    File { path: PathBuf, message: String },
+    #[error("config file {path}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: ConfigFileError,
+    },
     #[error("invalid configuration:\n{}", list(.0))]
     Invalid(Vec<ConfigProblem>),
+}
+
+/// Why a config file could not be read into the tree.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("reading it")]
+    Read(#[source] std::io::Error),
+    #[error(transparent)]
+    Parse(#[from] serde_json::Error),
 }
 
 fn list(problems: &[ConfigProblem]) -> String {
@@ -406,17 +419,17 @@ pub const MIN_MEMORY: u64 = 64 * ByteSize::MIB;
 pub const MEMORY_ALIGN: u64 = 2 * ByteSize::MIB;
 
 impl VmConfig {
-    pub fn from_json(text: &str) -> Result<Self, String> {
-        serde_json::from_str(text).map_err(|e| e.to_string())
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let err = |message: String| ConfigError::File {
+        let err = |source| ConfigError::File {
             path: path.to_path_buf(),
-            message,
+            source,
         };
-        let text = fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        VmConfig::from_json(&text).map_err(err)
+        let text = fs::read_to_string(path).map_err(|e| err(ConfigFileError::Read(e)))?;
+        VmConfig::from_json(&text).map_err(|e| err(e.into()))
     }
 
     pub fn to_json(&self) -> String {

@@ -49,7 +49,7 @@ fn main() -> ExitCode {
     let config = match cli.merged_config() {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("microvmm: {e}");
+            eprintln!("microvmm: {}", chain(&e));
             return ExitCode::from(CONFIG_ERROR);
         }
     };
@@ -60,7 +60,7 @@ fn main() -> ExitCode {
     let config = match config.validate(arch) {
         Ok(valid) => valid,
         Err(e) => {
-            eprintln!("microvmm: {e}");
+            eprintln!("microvmm: {}", chain(&e));
             return ExitCode::from(CONFIG_ERROR);
         }
     };

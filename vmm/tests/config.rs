@@ -50,7 +50,7 @@ fn corpus() -> Vec<(PathBuf, String, String)> {
 fn every_bad_config_is_rejected_with_its_message() {
     for (path, text, message) in corpus() {
         let error = match VmConfig::from_json(&text) {
-            Err(e) => e,
+            Err(e) => e.to_string(),
             Ok(config) => match config.validate(HostArch::current()) {
                 Err(e) => e.to_string(),
                 Ok(_) => panic!("{} was accepted", path.display()),
