@@ -64,6 +64,8 @@ pub enum ImageError {
     FileLongerThanImageSize(u64),
     #[error("gzip kernel decompresses to more than {MAX_DECOMPRESSED_SIZE:#x} bytes")]
     DecompressedTooLarge,
+    #[error("kernel Image changed on disk after it was checked")]
+    Changed,
     #[error("cannot load the kernel into guest memory at {0:#x}")]
     Load(u64, #[source] linux_loader::loader::Error),
 }
@@ -263,11 +265,14 @@ mod pe {
     }
 
     /// A checked Image, not yet in guest memory.
-    #[derive(Debug, Clone)]
+    #[derive(Debug)]
     pub struct Image {
         header: arm64_image_header,
-        /// A gzip kernel's Image, decompressed once; a raw Image is read from its file again.
-        decompressed: Option<Vec<u8>>,
+        gzip: bool,
+        /// A gzip kernel's Image as inspection decompressed it, until the first load takes it:
+        /// the VMM does not hold a kernel's worth of memory for the guest's lifetime, and a
+        /// restarted guest decompresses it again.
+        decompressed: std::sync::Mutex<Option<Vec<u8>>>,
     }
 
     /// Reads and checks the raw or gzip-compressed Image in `kernel` without touching guest
@@ -281,13 +286,15 @@ mod pe {
             let header = check(&mut Cursor::new(&image))?;
             Ok(Image {
                 header,
-                decompressed: Some(image),
+                gzip: true,
+                decompressed: std::sync::Mutex::new(Some(image)),
             })
         } else {
             let header = check(kernel)?;
             Ok(Image {
                 header,
-                decompressed: None,
+                gzip: false,
+                decompressed: std::sync::Mutex::new(None),
             })
         }
     }
@@ -301,8 +308,8 @@ mod pe {
         }
 
         /// Has linux-loader copy the Image to `kernel`, the placement of its
-        /// [`footprint`](Self::footprint) in `mem`. `file` is the inspected file; it is read again
-        /// unless the Image was decompressed.
+        /// [`footprint`](Self::footprint) in `mem`. `file` is the inspected file; it is read
+        /// (and a gzip one decompressed) again unless inspection's Image is still at hand.
         pub fn load<M, F>(
             &self,
             mem: &M,
@@ -314,13 +321,23 @@ mod pe {
             F: Read + ReadVolatile + Seek,
         {
             let base = kernel.base.saturating_sub(self.header.text_offset);
-            let loaded = match &self.decompressed {
-                Some(image) => {
+            let kept = self
+                .decompressed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            let loaded = match (kept, self.gzip) {
+                (Some(image), _) => {
                     PE::load(mem, Some(GuestAddress(base)), &mut Cursor::new(image), None)
                 }
-                None => {
-                    // The file may have grown since it was inspected.
-                    check(file)?;
+                (None, true) => {
+                    let mut image = Cursor::new(decompress(file)?);
+                    self.same_header(check(&mut image)?)?;
+                    PE::load(mem, Some(GuestAddress(base)), &mut image, None)
+                }
+                (None, false) => {
+                    // The file may have changed since it was inspected.
+                    self.same_header(check(file)?)?;
                     PE::load(mem, Some(GuestAddress(base)), file, None)
                 }
             }
@@ -335,6 +352,17 @@ mod pe {
                 ImageFlags(self.header.flags).page_size(),
             );
             Ok(())
+        }
+    }
+
+    impl Image {
+        /// The plan placed the Image inspection saw: a file changed since then is refused.
+        fn same_header(&self, header: arm64_image_header) -> Result<(), ImageError> {
+            if header.as_slice() == self.header.as_slice() {
+                Ok(())
+            } else {
+                Err(ImageError::Changed)
+            }
         }
     }
 
@@ -512,6 +540,36 @@ mod pe {
             assert_eq!(load.entry, RAM_BASE);
             assert_eq!(load.range, GuestRange::new(RAM_BASE, 8 * MIB));
             assert_eq!(guest_bytes(&mem, RAM_BASE, img.len()), img);
+        }
+
+        /// A restarted guest loads the kernel again: a gzip one is decompressed again (inspection's
+        /// copy went to the first load), and a file that changed since inspection is refused.
+        #[test]
+        fn images_load_again_and_refuse_a_changed_file() {
+            let ram = GuestRange::new(RAM_BASE, 32 * MIB);
+            let img = image(0, 8 * MIB, MIB as usize + 17);
+            for bytes in [gzip(&img), img.clone()] {
+                let mut file = Cursor::new(bytes);
+                let image = inspect(&mut file).unwrap();
+                let placed = kernel_placement(&image.footprint(), ram).unwrap();
+                for _ in 0..2 {
+                    let mem = memory(ram);
+                    image.load(&mem, placed.range, &mut file).unwrap();
+                    assert_eq!(guest_bytes(&mem, RAM_BASE, img.len()), img);
+                }
+                let other = image_with_size(&img, 9 * MIB);
+                let mut changed = Cursor::new(if image.gzip { gzip(&other) } else { other });
+                assert!(matches!(
+                    image.load(&memory(ram), placed.range, &mut changed),
+                    Err(ImageError::Changed)
+                ));
+            }
+        }
+
+        fn image_with_size(img: &[u8], image_size: u64) -> Vec<u8> {
+            let mut other = img.to_vec();
+            other[16..24].copy_from_slice(&image_size.to_le_bytes());
+            other
         }
 
         #[test]
