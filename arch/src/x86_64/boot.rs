@@ -52,6 +52,8 @@ impl E820Entry {
 
 #[derive(Debug, Error)]
 pub enum BootError {
+    #[error("kernel image changed on disk after it was checked")]
+    Changed,
     #[error("cannot read the {what}")]
     Read {
         what: &'static str,
@@ -357,6 +359,10 @@ mod bzimage {
             M: GuestMemoryBackend,
             F: Read + ReadVolatile + Seek,
         {
+            // The plan placed what inspection saw; a file changed since then is refused.
+            if inspect(file)?.footprint != self.footprint {
+                return Err(BootError::Changed);
+            }
             Loader::load(mem, Some(GuestAddress(layout::HIMEM_START)), file, None)
                 .map_err(BootError::LoadKernel)?;
             Ok(())
@@ -578,6 +584,21 @@ mod bzimage {
             assert_eq!({ hdr.code32_start }, 0x10_0000);
             assert_eq!({ hdr.kernel_info_offset }, 0x1234);
             assert_eq!({ hdr.cmdline_size }, 2047);
+        }
+
+        /// A kernel file that changed after the plan placed it is refused at load.
+        #[test]
+        fn a_changed_kernel_file_is_refused_at_load() {
+            let kernel = inspect(&mut Cursor::new(bzimage(&header(), &payload()))).unwrap();
+            let bigger = setup_header {
+                init_size: INIT_SIZE * 2,
+                ..header()
+            };
+            let mut changed = Cursor::new(bzimage(&bigger, &payload()));
+            assert!(matches!(
+                kernel.load(&guest_memory(256 * MIB), &mut changed),
+                Err(BootError::Changed)
+            ));
         }
 
         #[test]
