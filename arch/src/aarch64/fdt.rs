@@ -480,8 +480,7 @@ mod tests {
                 if let Some(name) = line.strip_suffix(" {") {
                     let path = match stack.last() {
                         None => "/".to_owned(),
-                        Some(parent) if parent == "/" => format!("/{name}"),
-                        Some(parent) => format!("{parent}/{name}"),
+                        Some(parent) => format!("{}/{name}", parent.trim_end_matches('/')),
                     };
                     let fresh = nodes.insert(path.clone(), Vec::new()).is_none();
                     assert!(fresh, "{path} twice");
@@ -530,11 +529,7 @@ mod tests {
 
         /// The names of `path`'s direct children that start with `prefix`.
         fn children(&self, path: &str, prefix: &str) -> Vec<&str> {
-            let parent = if path == "/" {
-                "/".to_owned()
-            } else {
-                format!("{path}/")
-            };
+            let parent = format!("{}/", path.trim_end_matches('/'));
             self.nodes
                 .keys()
                 .filter_map(|p| p.strip_prefix(&parent))
