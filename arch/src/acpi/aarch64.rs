@@ -68,7 +68,7 @@ pub(super) fn tables(platform: &CheckedPlatform, arm: &Aarch64Parts) -> ArchTabl
     if let Some(uart) = &arm.uart {
         listed.push(spcr(uart));
     }
-    listed.push(super::mcfg(&super::ecam_windows(&platform.pci_bridges)));
+    listed.push(super::mcfg(&platform.pci_bridges));
     if !platform.pci_bridges.is_empty() {
         listed.push(iort(platform));
     }

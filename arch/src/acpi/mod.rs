@@ -83,17 +83,6 @@ impl AcpiTables {
     }
 }
 
-/// One PCI segment's ECAM window, as the MCFG lists it (PCI Firmware Specification 3.3 §4.1.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EcamWindow {
-    /// Where bus 0's configuration space would be: bus `n` is at `base + (n << 20)`, whatever
-    /// `start_bus` is (Linux `pci_mcfg_lookup` and x86 `pci_mmconfig_alloc` both read it so).
-    pub base: u64,
-    pub segment: u16,
-    pub start_bus: u8,
-    pub end_bus: u8,
-}
-
 #[derive(Debug, Error)]
 pub enum AcpiError {
     #[error(
@@ -192,29 +181,18 @@ pub fn build(platform: &CheckedPlatform, region: GuestRange) -> Result<AcpiTable
     })
 }
 
-/// The MCFG over `windows`: one allocation per PCI segment, none without PCI.
-pub(crate) fn mcfg(windows: &[EcamWindow]) -> Encoded {
+/// The MCFG: one ECAM allocation per host bridge (PCI Firmware Specification 3.3 §4.1.2), none
+/// without PCI. Its base is bus 0's address whatever the start bus (Linux `pci_mcfg_lookup` and
+/// x86 `pci_mmconfig_alloc` both read it so).
+pub(crate) fn mcfg(bridges: &[PciBridge]) -> Encoded {
     let mut mcfg = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    for w in windows {
-        mcfg.add_ecam(w.base, w.segment, w.start_bus, w.end_bus);
+    for b in bridges {
+        mcfg.add_ecam(b.ecam_bus0(), b.segment, b.bus_start, b.bus_end);
     }
     Encoded {
         signature: *b"MCFG",
         bytes: encode::aml_bytes(&mcfg),
     }
-}
-
-/// The ECAM windows the MCFG lists, one per host bridge.
-pub(crate) fn ecam_windows(bridges: &[PciBridge]) -> Vec<EcamWindow> {
-    bridges
-        .iter()
-        .map(|bridge| EcamWindow {
-            base: bridge.ecam_bus0(),
-            segment: bridge.segment,
-            start_bus: bridge.bus_start,
-            end_bus: bridge.bus_end,
-        })
-        .collect()
 }
 
 /// Hands out aligned addresses one after another. It never fails for lack of room (the caller

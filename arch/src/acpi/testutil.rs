@@ -280,9 +280,8 @@ fn run(dir: &Path, program: &str, args: &[&str]) -> (String, String) {
     (stdout, stderr)
 }
 
-/// Disassembles `table` with `iasl -d` and returns the .dsl text, failing on any error or warning
-/// the disassembler reports.
-pub fn iasl_decode(table: &AcpiTable) -> String {
+/// `iasl -d` of `table`: its log and the .dsl text.
+fn iasl(table: &AcpiTable) -> (String, String) {
     let scratch = Scratch::new("iasl");
     let name = format!("{}.dat", table.signature);
     std::fs::write(scratch.path().join(&name), &table.bytes).unwrap();
@@ -291,15 +290,26 @@ pub fn iasl_decode(table: &AcpiTable) -> String {
     let dsl_path = scratch.path().join(format!("{}.dsl", table.signature));
     let dsl = std::fs::read_to_string(&dsl_path)
         .unwrap_or_else(|e| panic!("iasl wrote no {}: {e}\n{log}", dsl_path.display()));
-    for text in [&log, &dsl] {
+    (log, dsl)
+}
+
+/// Fails on any error or warning iasl reports in its log or in the text it decoded.
+fn assert_iasl_clean(signature: &str, log: &str, decoded: &str) {
+    for text in [log, decoded] {
         for bad in ["Error", "error", "Warning", "Invalid", "**** "] {
             assert!(
                 !text.contains(bad),
-                "iasl reports {bad:?} for {}:\n{log}\n{dsl}",
-                table.signature
+                "iasl reports {bad:?} for {signature}:\n{log}\n{decoded}"
             );
         }
     }
+}
+
+/// Disassembles `table` with `iasl -d` and returns the .dsl text, failing on any error or warning
+/// the disassembler reports.
+pub fn iasl_decode(table: &AcpiTable) -> String {
+    let (log, dsl) = iasl(table);
+    assert_iasl_clean(&table.signature, &log, &dsl);
     dsl
 }
 
@@ -312,19 +322,11 @@ pub const IASL_UNKNOWN_RMR: &str = "**** Unknown IORT node type 0x6";
 /// the only complaints. The caller checks the RMR nodes' bodies in the bytes.
 pub fn iasl_decode_iort_skipping_rmr(table: &AcpiTable, rmrs: usize) -> String {
     assert_eq!(table.signature, "IORT");
-    let scratch = Scratch::new("iasl");
-    std::fs::write(scratch.path().join("IORT.dat"), &table.bytes).unwrap();
-    let (stdout, stderr) = run(scratch.path(), "iasl", &["-d", "IORT.dat"]);
-    let log = stdout + &stderr;
-    let dsl = std::fs::read_to_string(scratch.path().join("IORT.dsl")).unwrap();
+    let (log, dsl) = iasl(table);
     assert_eq!(dsl.matches(IASL_UNKNOWN_RMR).count(), rmrs, "{dsl}");
     let decoded = dsl.split("Raw Table Data").next().unwrap_or_default();
     let decoded = decoded.replace(IASL_UNKNOWN_RMR, "");
-    for text in [&log, &decoded] {
-        for bad in ["Error", "error", "Warning", "Invalid", "**** "] {
-            assert!(!text.contains(bad), "iasl reports {bad:?}:\n{log}\n{dsl}");
-        }
-    }
+    assert_iasl_clean("IORT", &log, &decoded);
     decoded
 }
 
@@ -350,6 +352,25 @@ pub fn field(dsl: &str, name: &str) -> String {
         all.len()
     );
     all.into_iter().next().unwrap()
+}
+
+/// Every value of a data-table field, as hex.
+pub fn hex_fields(dsl: &str, name: &str) -> Vec<u64> {
+    fields(dsl, name).iter().map(|v| hex(v)).collect()
+}
+
+/// Each `(name, value)`: the field occurs once and reads as hex `value`.
+pub fn assert_hex_fields(dsl: &str, expected: &[(&str, u64)]) {
+    for &(name, value) in expected {
+        assert_eq!(hex(&field(dsl, name)), value, "{name} in\n{dsl}");
+    }
+}
+
+/// Each `(name, text)`: the field occurs once and reads `text`.
+pub fn assert_text_fields(dsl: &str, expected: &[(&str, &str)]) {
+    for &(name, text) in expected {
+        assert_eq!(field(dsl, name), text, "{name} in\n{dsl}");
+    }
 }
 
 /// A hex field value as iasl prints it (`0000000009000000`, `02`).

@@ -50,10 +50,7 @@ pub(super) fn tables(platform: &CheckedPlatform, x86: &X86Parts) -> ArchTables {
     ArchTables {
         dsdt: dsdt(platform, x86),
         fadt: Box::new(move |dsdt| fadt(&power, dsdt)),
-        listed: vec![
-            madt(x86),
-            super::mcfg(&super::ecam_windows(&platform.pci_bridges)),
-        ],
+        listed: vec![madt(x86), super::mcfg(&platform.pci_bridges)],
     }
 }
 
