@@ -376,6 +376,7 @@ mod tests {
     use super::*;
     use crate::pci::config::{BarKind, COMMAND};
     use crate::pci::{BarRange, MsiMessage};
+    use crate::testutil::XorShift;
 
     #[derive(Debug, Clone, PartialEq, Eq)]
     enum Event {
@@ -666,15 +667,9 @@ mod tests {
     #[test]
     fn hostile_ecam_accesses_never_panic() {
         let (mut root, _) = root_with(0, 255);
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
         for _ in 0..20_000 {
-            let r = next();
+            let r = rng.next();
             let len = [0, 1, 2, 3, 4, 8][(r % 6) as usize];
             // Mostly slot 00.0's config space, sometimes anywhere.
             let offset = if r & 0x100 != 0 {

@@ -47,7 +47,7 @@ pub struct SmmuStats {
 }
 
 /// The guest-programmed registers, already reduced to their implemented bits.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct Registers {
     cr0: Cr0,
     cr1: Cr1,
@@ -69,30 +69,6 @@ struct Registers {
     /// Pointer and OVACKFLG.
     eventq_cons: u32,
     eventq_irq: IrqCfg,
-}
-
-impl Default for Registers {
-    fn default() -> Self {
-        Registers {
-            cr0: Cr0::default(),
-            cr1: Cr1::default(),
-            cr2: Cr2::default(),
-            gbpa: Gbpa::RESET,
-            irq_ctrl: IrqCtrl::default(),
-            gerror: Gerror::default(),
-            gerrorn: Gerror::default(),
-            gerror_irq: IrqCfg::default(),
-            strtab_base: StrtabBase::default(),
-            strtab_base_cfg: StrtabBaseCfg::default(),
-            cmdq_base: QueueBase::default(),
-            cmdq_prod: 0,
-            cmdq_cons: 0,
-            eventq_base: QueueBase::default(),
-            eventq_prod: 0,
-            eventq_cons: 0,
-            eventq_irq: IrqCfg::default(),
-        }
-    }
 }
 
 /// One virtual SMMUv3. See the module documentation for how the VMM drives it.
@@ -143,11 +119,6 @@ impl Smmuv3 {
         self.streams.insert(sid, None);
         self.refresh_stream(sid, false);
         Ok(())
-    }
-
-    /// Forgets a StreamID (the device left, or the guest renumbered its bus).
-    pub fn remove_stream(&mut self, sid: u32) {
-        self.streams.remove(&sid);
     }
 
     /// Back to the reset state (a guest reboot); every stream follows GBPA again.

@@ -12,6 +12,7 @@ use super::ste::{CdTableFormat, DefaultSubstream, Ste, SteConfig};
 use super::*;
 use crate::bus::BusDevice;
 use crate::pci::MsiMessage;
+use crate::testutil::XorShift;
 
 const RAM: u64 = 0x8000_0000;
 const RAM_SIZE: usize = 0x40_0000;
@@ -71,6 +72,12 @@ impl Harness {
             mem,
             prod: 0,
         }
+    }
+
+    fn booted() -> Self {
+        let mut h = Harness::new(features());
+        h.boot();
+        h
     }
 
     fn w32(&mut self, off: u64, value: u32) {
@@ -139,6 +146,13 @@ impl Harness {
         state.invalidate_calls.iter().map(raw).collect()
     }
 
+    /// Queues a batch for the backend's next `read_events`.
+    fn host_events(&self, events: impl IntoIterator<Item = [u64; 4]>, lost: bool) {
+        let events = events.into_iter().collect();
+        let batch = EventBatch { events, lost };
+        self.backend.state().queued_events.push_back(batch);
+    }
+
     fn events(&self, from: u32, count: u32) -> Vec<[u64; 4]> {
         (from..from + count)
             .map(|i| {
@@ -146,6 +160,13 @@ impl Harness {
                 [0, 8, 16, 24].map(|o| self.mem_u64(at + o))
             })
             .collect()
+    }
+}
+
+fn doorbell(data: u32) -> MsiMessage {
+    MsiMessage {
+        address: DOORBELL,
+        data,
     }
 }
 
@@ -225,23 +246,14 @@ fn id_registers_follow_features() {
     h.dev.read(offset::IDR0, &mut byte);
     assert_eq!(byte, [0]);
 
+    let f = features();
     for bad in [
+        SmmuFeatures { sid_bits: 33, ..f },
+        SmmuFeatures { ssid_bits: 21, ..f },
+        SmmuFeatures { oas_bits: 47, ..f },
         SmmuFeatures {
-            sid_bits: 33,
-            ..features()
-        },
-        SmmuFeatures {
-            ssid_bits: 21,
-            ..features()
-        },
-        SmmuFeatures {
-            oas_bits: 47,
-            ..features()
-        },
-        SmmuFeatures {
-            repeat_tlbi_cfgi: false,
             stall_model: 3,
-            ..features()
+            ..f
         },
     ] {
         assert!(bad.id_registers().is_err(), "{bad:?}");
@@ -470,8 +482,7 @@ fn host_refusal_aborts_the_stream() {
 
 #[test]
 fn invalidations_are_batched_per_sync() {
-    let mut h = Harness::new(features());
-    h.boot();
+    let mut h = Harness::booted();
     let burst = [
         tlbi_nh_va(7, 0x4000),
         tlbi_nh_asid(7),
@@ -606,8 +617,7 @@ fn invalidation_commands_decode_their_operands() {
 
 #[test]
 fn cmd_sync_completion_signals() {
-    let mut h = Harness::new(features());
-    h.boot();
+    let mut h = Harness::booted();
     // Linux's MSI polling: MSIADDR = the CMD_SYNC's own slot, MSIDATA 0.
     let slot = CMDQ + 16 * u64::from(h.prod);
     h.commands(&[[0x46 | 1 << 12 | 3 << 22 | 0xf << 24, slot]]);
@@ -620,13 +630,7 @@ fn cmd_sync_completion_signals() {
     assert_eq!(h.irqs.state().triggered, [SmmuIrq::Sync]);
     // The ITS doorbell.
     h.commands(&[[0x46 | 1 << 12 | 0x55 << 32, DOORBELL]]);
-    assert_eq!(
-        h.irqs.state().msis,
-        [MsiMessage {
-            address: DOORBELL,
-            data: 0x55
-        }]
-    );
+    assert_eq!(h.irqs.state().msis, [doorbell(0x55)]);
     // Nowhere: GERROR.MSI_CMDQ_ABT_ERR, the queue keeps going.
     h.commands(&[[0x46 | 1 << 12, 0x10_0000], sync()]);
     assert_eq!(h.r32(offset::GERROR), 1 << 4);
@@ -635,8 +639,7 @@ fn cmd_sync_completion_signals() {
 
 #[test]
 fn illegal_command_stops_the_queue_until_acknowledged() {
-    let mut h = Harness::new(features());
-    h.boot();
+    let mut h = Harness::booted();
     h.commands(&[tlbi_nh_asid(1), [0x7f, 0], tlbi_nh_asid(2), sync()]);
     assert_eq!(h.r32(offset::GERROR), 1);
     assert_eq!(h.r32(offset::GERRORN), 0);
@@ -666,8 +669,7 @@ fn illegal_command_stops_the_queue_until_acknowledged() {
 
 #[test]
 fn command_fetch_outside_ram_is_cerror_abt() {
-    let mut h = Harness::new(features());
-    h.boot();
+    let mut h = Harness::booted();
     h.w32(offset::CR0, 0x5);
     h.w64(offset::CMDQ_BASE, 0x1000 | 4);
     h.w32(offset::CMDQ_PROD, 0);
@@ -684,22 +686,11 @@ fn host_event(n: u64) -> [u64; 4] {
 
 #[test]
 fn event_queue_wraps_and_overflows() {
-    let mut h = Harness::new(features());
-    h.boot();
-    let batch = |events: Vec<[u64; 4]>, lost| EventBatch { events, lost };
-    {
-        let mut state = h.backend.state();
-        state
-            .queued_events
-            .push_back(batch((0..10).map(host_event).collect(), false));
-        state
-            .queued_events
-            .push_back(batch((10..20).map(host_event).collect(), false));
-        state
-            .queued_events
-            .push_back(batch((20..24).map(host_event).collect(), false));
-        state.queued_events.push_back(batch(vec![], false));
-    }
+    let mut h = Harness::booted();
+    h.host_events((0..10).map(host_event), false);
+    h.host_events((10..20).map(host_event), false);
+    h.host_events((20..24).map(host_event), false);
+    h.host_events([], false);
     assert_eq!(h.dev.service_host_events(), 10);
     assert_eq!(h.r32(0x1_00a8), 10);
     assert_eq!(h.events(0, 10), (0..10).map(host_event).collect::<Vec<_>>());
@@ -718,27 +709,18 @@ fn event_queue_wraps_and_overflows() {
     // Nothing queued: nothing happens.
     assert_eq!(h.dev.service_host_events(), 0);
     // One more while full: dropped, OVFLG toggles.
-    h.backend
-        .state()
-        .queued_events
-        .push_back(batch(vec![host_event(99)], false));
+    h.host_events([host_event(99)], false);
     assert_eq!(h.dev.service_host_events(), 0);
     assert_eq!(h.r32(0x1_00a8), 1 << 31 | 1 << 4 | 8);
     // Not acknowledged yet: a second overflow leaves the flag alone.
-    h.backend
-        .state()
-        .queued_events
-        .push_back(batch(vec![host_event(100)], false));
+    h.host_events([host_event(100)], false);
     h.dev.service_host_events();
     assert_eq!(h.r32(0x1_00a8), 1 << 31 | 1 << 4 | 8);
     assert_eq!(h.dev.stats().events_dropped, 2);
     assert_eq!(h.dev.stats().host_events, 24);
     // Linux drains and acknowledges (CONS.OVACKFLG = PROD.OVFLG); the next overflow toggles back.
     h.w32(0x1_00ac, 1 << 31 | 1 << 4 | 8);
-    h.backend
-        .state()
-        .queued_events
-        .push_back(batch(vec![], true));
+    h.host_events([], true);
     h.dev.service_host_events();
     assert_eq!(h.r32(0x1_00a8), 1 << 4 | 8);
     assert_eq!(h.irqs.state().triggered.len(), 6);
@@ -746,38 +728,22 @@ fn event_queue_wraps_and_overflows() {
 
 #[test]
 fn lost_events_and_event_msi() {
-    let mut h = Harness::new(features());
-    h.boot();
+    let mut h = Harness::booted();
     h.w64(offset::EVENTQ_IRQ_CFG0, DOORBELL);
     h.w32(offset::EVENTQ_IRQ_CFG1, 0x2a);
-    h.backend.state().queued_events.push_back(EventBatch {
-        events: vec![host_event(1)],
-        lost: true,
-    });
+    h.host_events([host_event(1)], true);
     assert_eq!(h.dev.service_host_events(), 1);
     assert_eq!(h.r32(0x1_00a8), 1 << 31 | 1);
-    assert_eq!(
-        h.irqs.state().msis,
-        [MsiMessage {
-            address: DOORBELL,
-            data: 0x2a
-        }]
-    );
+    assert_eq!(h.irqs.state().msis, [doorbell(0x2a)]);
     assert!(h.irqs.state().triggered.is_empty());
     // With EVENTQ_IRQEN clear, events are written silently.
     h.w32(offset::IRQ_CTRL, 0x1);
-    h.backend.state().queued_events.push_back(EventBatch {
-        events: vec![host_event(2)],
-        lost: false,
-    });
+    h.host_events([host_event(2)], false);
     assert_eq!(h.dev.service_host_events(), 1);
     assert_eq!(h.irqs.state().msis.len(), 1);
     // A disabled event queue drops them.
     h.w32(offset::CR0, 0x9);
-    h.backend.state().queued_events.push_back(EventBatch {
-        events: vec![host_event(3)],
-        lost: false,
-    });
+    h.host_events([host_event(3)], false);
     assert_eq!(h.dev.service_host_events(), 0);
     assert_eq!(h.dev.stats().events_dropped, 1);
 }
@@ -792,16 +758,8 @@ fn context_descriptor_lookup() {
     assert_eq!(cd_address(&ste, 0x45, &h.mem), Ok(l2 + 5 * 64));
     assert!(cd_address(&ste, 0x85, &h.mem).is_err());
     assert!(cd_address(&ste, 0x100, &h.mem).is_err());
-    let cd = ContextDescriptor::parse(&[
-        16 | 1 << 31 | 5 << 32 | 1 << 41 | 0x42 << 48,
-        0x8765_4000,
-        0,
-        0x44ff,
-        0,
-        0,
-        0,
-        0,
-    ]);
+    let w0 = 16 | 1 << 31 | 5 << 32 | 1 << 41 | 0x42 << 48;
+    let cd = ContextDescriptor::parse(&[w0, 0x8765_4000, 0, 0x44ff, 0, 0, 0, 0]);
     assert!(cd.valid && cd.aa64);
     assert_eq!(
         (cd.t0sz, cd.ips, cd.asid, cd.ttb0),
@@ -823,13 +781,8 @@ fn fuzzed_accesses_never_panic() {
     for sid in [0, 0x10, 0x105, 0xffff] {
         h.dev.add_stream(sid).unwrap();
     }
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+    let mut next = move || rng.next();
     let interesting = [
         0,
         u64::MAX,
@@ -906,11 +859,10 @@ fn fuzzed_accesses_never_panic() {
             h.dev.read(off, &mut data);
         }
         if round % 64 == 0 {
-            let events = (0..next() % 40).map(|_| [next(), next(), next(), next()]);
-            h.backend.state().queued_events.push_back(EventBatch {
-                events: events.collect(),
-                lost: next() % 2 == 0,
-            });
+            let events: Vec<_> = (0..next() % 40)
+                .map(|_| [next(), next(), next(), next()])
+                .collect();
+            h.host_events(events, next() % 2 == 0);
             h.dev.service_host_events();
         }
         if round % 512 == 0 {
@@ -937,16 +889,8 @@ fn fuzzed_accesses_never_panic() {
             }
             4 => {
                 let sid = [0u64, 0x10, 0x105, 0xffff][(r >> 8) as usize % 4] % 256;
-                let ste = [
-                    next() & 0xf800_0000_0000_003f | CD,
-                    next(),
-                    next(),
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                ];
+                let (w0, w1, w2) = (next() & 0xf800_0000_0000_003f | CD, next(), next());
+                let ste = [w0, w1, w2, 0, 0, 0, 0, 0];
                 h.set_mem(STRTAB + sid * 64, &ste);
             }
             5 => {
@@ -954,11 +898,10 @@ fn fuzzed_accesses_never_panic() {
                 h.w32(offset::GERRORN, gerror);
             }
             6 => {
-                let events = (0..next() % 40).map(|_| [next(), next(), next(), next()]);
-                h.backend.state().queued_events.push_back(EventBatch {
-                    events: events.collect(),
-                    lost: next() % 8 == 0,
-                });
+                let events: Vec<_> = (0..next() % 40)
+                    .map(|_| [next(), next(), next(), next()])
+                    .collect();
+                h.host_events(events, next() % 8 == 0);
                 h.dev.service_host_events();
                 let prod = h.r32(0x1_00a8);
                 h.w32(0x1_00ac, prod);

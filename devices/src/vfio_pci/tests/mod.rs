@@ -8,6 +8,7 @@ use super::*;
 use crate::pci::BarKind;
 use crate::pci::capability::{extended_capabilities, standard_capabilities};
 use crate::pci::msi::MsiMessage;
+use crate::testutil::XorShift;
 
 mod bars;
 mod capabilities;
@@ -283,18 +284,6 @@ fn routes(result: ConfigWriteResult) -> Vec<InterruptRoute> {
 
 fn range(offset: u64, size: u64) -> BarRange {
     BarRange { offset, size }
-}
-
-/// Seeded xorshift, no dependencies.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }
 
 #[test]

@@ -1,0 +1,13 @@
+//! Helpers shared by the crate's tests.
+
+/// Seeded xorshift64 for the never-panic tests, no dependencies.
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
