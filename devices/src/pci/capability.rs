@@ -4,6 +4,7 @@
 use super::config::{
     CAPABILITIES_POINTER, FIRST_CAPABILITY, FIRST_EXTENDED_CAPABILITY, STANDARD_CONFIG_SIZE,
 };
+use super::{raw_u8, raw_u32};
 
 /// Standard capability IDs (PCI Code and ID Assignment, section 2).
 pub mod id {
@@ -42,19 +43,11 @@ pub struct FoundExtendedCapability {
     pub offset: u16,
 }
 
-fn byte(config: &[u8], offset: usize) -> u8 {
-    config.get(offset).copied().unwrap_or(0)
-}
-
-fn dword(config: &[u8], offset: usize) -> u32 {
-    u32::from_le_bytes([0, 1, 2, 3].map(|i| byte(config, offset + i)))
-}
-
 /// The standard capability list of a configuration space image, in list order. Stops at a
 /// pointer into the header, past 256 bytes, or back to a capability already seen.
 pub fn standard_capabilities(config: &[u8]) -> Vec<FoundCapability> {
     let mut found: Vec<FoundCapability> = Vec::new();
-    let mut next = byte(config, usize::from(CAPABILITIES_POINTER)) & !3;
+    let mut next = raw_u8(config, CAPABILITIES_POINTER) & !3;
     while next != 0 {
         let offset = u16::from(next);
         let in_range =
@@ -63,10 +56,10 @@ pub fn standard_capabilities(config: &[u8]) -> Vec<FoundCapability> {
             break;
         }
         found.push(FoundCapability {
-            id: byte(config, usize::from(offset)),
+            id: raw_u8(config, offset),
             offset,
         });
-        next = byte(config, usize::from(offset) + 1) & !3;
+        next = raw_u8(config, offset + 1) & !3;
     }
     found
 }
@@ -82,7 +75,7 @@ pub fn extended_capabilities(config: &[u8]) -> Vec<FoundExtendedCapability> {
             break;
         }
         seen.push(offset);
-        let header = dword(config, usize::from(offset));
+        let header = raw_u32(config, offset);
         if header == 0 || header == u32::MAX {
             break;
         }

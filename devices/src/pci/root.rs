@@ -447,10 +447,7 @@ mod tests {
             vec![route_to(offset)]
         }
         fn direct_ranges(&self, _bar: u8) -> Vec<BarRange> {
-            vec![BarRange {
-                offset: 0x1000,
-                size: 0x1000,
-            }]
+            vec![BarRange::new(0x1000, 0x1000)]
         }
     }
 
