@@ -27,12 +27,4 @@ impl Event {
         };
         Event([u64::from(id) | u64::from(sid) << 32, 0, 0, fetch_address])
     }
-
-    pub fn to_bytes(&self) -> [u8; EVENT_BYTES as usize] {
-        let mut out = [0u8; EVENT_BYTES as usize];
-        for (chunk, word) in out.chunks_exact_mut(8).zip(self.0) {
-            chunk.copy_from_slice(&word.to_le_bytes());
-        }
-        out
-    }
 }

@@ -78,7 +78,8 @@ impl StreamTable {
                     .base
                     .checked_add((u64::from(sid) >> split) * L1_DESCRIPTOR_BYTES)
                     .ok_or(StreamFault::Fetch(self.base))?;
-                let l1 = L1StreamDescriptor(read_u64(memory, l1_address)?);
+                let [l1] = read_words(memory, l1_address)?;
+                let l1 = L1StreamDescriptor(l1);
                 let Some(entries) = l1.entries(split) else {
                     return Ok(None);
                 };
@@ -90,24 +91,21 @@ impl StreamTable {
             }
         };
         let ste_address = ste_address.ok_or(StreamFault::Fetch(self.base))?;
-        let mut raw = [0u8; STE_BYTES as usize];
-        memory
-            .read(ste_address, &mut raw)
-            .map_err(|_| StreamFault::Fetch(ste_address))?;
-        let mut words = [0u64; 8];
-        for (word, chunk) in words.iter_mut().zip(raw.chunks_exact(8)) {
-            *word = u64::from_le_bytes(chunk.try_into().expect("8-byte chunk"));
-        }
+        let words: [u64; 8] = read_words(memory, ste_address)?;
         Ok((words[0] & Ste::V != 0).then_some(words))
     }
 }
 
-fn read_u64(memory: &dyn GuestMemoryAccess, address: u64) -> Result<u64, StreamFault> {
-    let mut raw = [0u8; 8];
+/// `N` little-endian words of guest memory at `address`.
+fn read_words<const N: usize>(
+    memory: &dyn GuestMemoryAccess,
+    address: u64,
+) -> Result<[u64; N], StreamFault> {
+    let mut raw = [[0u8; 8]; N];
     memory
-        .read(address, &mut raw)
+        .read(address, raw.as_flattened_mut())
         .map_err(|_| StreamFault::Fetch(address))?;
-    Ok(u64::from_le_bytes(raw))
+    Ok(raw.map(u64::from_le_bytes))
 }
 
 /// A level-1 stream table descriptor (5.1).
