@@ -301,22 +301,17 @@ impl PciWindow {
 
 impl BusDevice for PciWindow {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let root = self.root.lock().expect("the PCI root panicked");
         match self.base.checked_add(offset) {
-            Some(addr) => self
-                .root
-                .lock()
-                .expect("the PCI root panicked")
-                .bar_read(self.space, addr, data),
+            Some(addr) => root.bar_read(self.space, addr, data),
             None => data.fill(0xff),
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let Some(addr) = self.base.checked_add(offset) {
-            self.root
-                .lock()
-                .expect("the PCI root panicked")
-                .bar_write(self.space, addr, data);
+            let mut root = self.root.lock().expect("the PCI root panicked");
+            root.bar_write(self.space, addr, data);
         }
     }
 }
