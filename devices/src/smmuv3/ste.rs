@@ -125,30 +125,30 @@ impl L1StreamDescriptor {
     }
 }
 
-/// STE.Config (5.2).
+/// STE.Config (5.2), with its encoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SteConfig {
-    Abort,
-    Bypass,
-    Stage1,
+    Abort = 0b000,
+    Bypass = 0b100,
+    Stage1 = 0b101,
 }
 
 /// STE.S1Fmt: the context descriptor table's layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CdTableFormat {
-    Linear,
+    Linear = 0,
     /// 2-level with 4 KiB level-2 tables (64 CDs each).
-    TwoLevel4K,
+    TwoLevel4K = 1,
     /// 2-level with 64 KiB level-2 tables (1024 CDs each).
-    TwoLevel64K,
+    TwoLevel64K = 2,
 }
 
 /// STE.S1DSS: what a transaction without a SubstreamID does when S1CDMax != 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DefaultSubstream {
-    Terminate,
-    Bypass,
-    Substream0,
+    Terminate = 0,
+    Bypass = 1,
+    Substream0 = 2,
 }
 
 /// A valid STE the model accepts (V = 1), parsed from the guest's words.
@@ -252,27 +252,12 @@ impl Ste {
 
     /// The canonical STE: words 0 and 1 re-encoded from the validated fields only.
     pub fn nested(&self) -> NestedSte {
-        let config = match self.config {
-            SteConfig::Abort => 0b000,
-            SteConfig::Bypass => 0b100,
-            SteConfig::Stage1 => 0b101,
-        };
-        let s1_format = match self.s1_format {
-            CdTableFormat::Linear => 0,
-            CdTableFormat::TwoLevel4K => 1,
-            CdTableFormat::TwoLevel64K => 2,
-        };
-        let s1_dss = match self.s1_dss {
-            DefaultSubstream::Terminate => 0,
-            DefaultSubstream::Bypass => 1,
-            DefaultSubstream::Substream0 => 2,
-        };
         let w0 = Self::V
-            | place(config, 3, 1)
-            | place(s1_format, 5, 4)
+            | place(self.config as u64, 3, 1)
+            | place(self.s1_format as u64, 5, 4)
             | self.s1_context_ptr
             | place(self.s1_cd_max.into(), 63, 59);
-        let w1 = place(s1_dss, 1, 0)
+        let w1 = place(self.s1_dss as u64, 1, 0)
             | place(self.s1_cir.into(), 3, 2)
             | place(self.s1_cor.into(), 5, 4)
             | place(self.s1_csh.into(), 7, 6)

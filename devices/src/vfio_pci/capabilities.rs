@@ -113,10 +113,7 @@ impl VfioPciDevice {
                 CapPolicy::Msi => {
                     let msi = MsiCapability::new(o, raw_u16(raw, o + 2));
                     let placed = self.config.place_capability(o, &msi.body(), &msi.wmask());
-                    if placed.is_ok() {
-                        self.msi = Some(msi);
-                    }
-                    placed
+                    placed.map(|()| self.msi = Some(msi))
                 }
                 CapPolicy::Msix => {
                     let msix = MsixCapability::new(
@@ -129,14 +126,9 @@ impl VfioPciDevice {
                         log::warn!("VFIO: MSI-X table or PBA outside its BAR; hiding MSI-X");
                         continue;
                     }
+                    let table = MsixTable::new(msix.table_size);
                     let placed = self.config.place_capability(o, &msix.body(), &msix.wmask());
-                    if placed.is_ok() {
-                        self.msix = Some(Msix {
-                            table: MsixTable::new(msix.table_size),
-                            cap: msix,
-                        });
-                    }
-                    placed
+                    placed.map(|()| self.msix = Some(Msix { cap: msix, table }))
                 }
                 CapPolicy::Shadow if cap.id == id::POWER_MANAGEMENT => {
                     let mut body = raw_bytes(raw, o, PM_LEN.min(room));
@@ -171,28 +163,23 @@ impl VfioPciDevice {
                             w.copy_from_slice(&mask.to_le_bytes());
                         }
                     }
-                    let placed = self.config.place_capability(o, &body, &wmask);
-                    if placed.is_ok() {
+                    self.config.place_capability(o, &body, &wmask).map(|()| {
                         self.pcie = Some(o);
                         for field in [pcie::DEVICE_STATUS, pcie::LINK_STATUS, pcie::LINK_STATUS_2] {
                             if field + 2 <= len {
                                 self.live.insert(o + field, 2);
                             }
                         }
-                    }
-                    placed
+                    })
                 }
                 CapPolicy::PassThrough => {
                     // Vendor-specific: its length is its third byte.
                     let len = u16::from(raw[usize::from(o) + 2]).max(3).min(room);
-                    let placed = self
-                        .config
-                        .place_capability(o, &raw_bytes(raw, o, len), &[]);
-                    if placed.is_ok() {
+                    let body = raw_bytes(raw, o, len);
+                    self.config.place_capability(o, &body, &[]).map(|()| {
                         self.live.insert(o + 2, len.saturating_sub(2));
                         self.forward.insert(o + 2, len.saturating_sub(2));
-                    }
-                    placed
+                    })
                 }
             };
             if let Err(e) = placed {
@@ -213,14 +200,13 @@ impl VfioPciDevice {
                 CapPolicy::PassThrough => {
                     // Vendor-specific: its length is in the top 12 bits of the second dword.
                     let len = ((raw_u32(raw, o + 4) >> 20) as u16).max(8).min(room);
-                    let placed =
-                        self.config
-                            .place_extended_capability(o, &raw_bytes(raw, o, len), &[]);
-                    if placed.is_ok() {
-                        self.live.insert(o + 4, len.saturating_sub(4));
-                        self.forward.insert(o + 4, len.saturating_sub(4));
-                    }
-                    placed
+                    let body = raw_bytes(raw, o, len);
+                    self.config
+                        .place_extended_capability(o, &body, &[])
+                        .map(|()| {
+                            self.live.insert(o + 4, len.saturating_sub(4));
+                            self.forward.insert(o + 4, len.saturating_sub(4));
+                        })
                 }
                 _ => {
                     log::debug!("VFIO: hiding extended capability {:#06x} at {o:#x}", cap.id);
