@@ -176,15 +176,9 @@ pub struct BarInfo {
 }
 
 /// A BAR the guest can reach at `addr..addr + size`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ActiveBar {
-    pub index: u8,
-    pub kind: BarKind,
-    pub addr: u64,
-    pub size: u64,
-}
+pub type ActiveBar = BarInfo;
 
-impl ActiveBar {
+impl BarInfo {
     pub fn contains(&self, space: BarSpace, addr: u64, len: u64) -> bool {
         self.kind.space() == space
             && addr >= self.addr
@@ -349,20 +343,16 @@ impl ConfigSpace {
 
     pub fn active_bars(&self) -> Vec<ActiveBar> {
         let command = self.command();
+        let active = |bar: &Bar| {
+            let enabled = match bar.kind.space() {
+                BarSpace::Io => command.io_space(),
+                BarSpace::Memory => command.memory_space(),
+            };
+            enabled && bar.sizing == [false; 2] && bar.addr != 0
+        };
         (0..NUM_BARS)
-            .filter_map(|i| {
-                let bar = self.bars[i]?;
-                let enabled = match bar.kind.space() {
-                    BarSpace::Io => command.io_space(),
-                    BarSpace::Memory => command.memory_space(),
-                };
-                (enabled && bar.sizing == [false; 2] && bar.addr != 0).then_some(ActiveBar {
-                    index: i as u8,
-                    kind: bar.kind,
-                    addr: bar.addr,
-                    size: bar.size,
-                })
-            })
+            .filter(|&i| self.bars[i].as_ref().is_some_and(active))
+            .filter_map(|i| self.bar(i))
             .collect()
     }
 
