@@ -704,13 +704,9 @@ mod tests {
 
     fn device() -> ConfigSpace {
         let mut c = ConfigSpace::new(&header());
-        for (index, kind, size) in [
-            (0, M32, 0x4000),
-            (1, BarKind::Io, 0x20),
-            (2, M64_PREF, 1 << 33),
-        ] {
-            c.add_bar(index, kind, size).unwrap();
-        }
+        c.add_bar(0, M32, 0x4000).unwrap();
+        c.add_bar(1, BarKind::Io, 0x20).unwrap();
+        c.add_bar(2, M64_PREF, 1 << 33).unwrap();
         c.add_bar(4, M64, 0x1000).unwrap();
         c
     }

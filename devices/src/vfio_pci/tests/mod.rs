@@ -37,20 +37,22 @@ struct FakeState {
     broken: bool,
 }
 
+impl FakeState {
+    fn fail_if_broken(&self, what: &str) -> Result<(), BackendError> {
+        if self.broken {
+            Err(what.into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Fake(Arc<Mutex<FakeState>>);
 
 impl Fake {
     fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
         self.0.lock().unwrap()
-    }
-}
-
-fn irq_index(irq: IrqType) -> usize {
-    match irq {
-        IrqType::Intx => 0,
-        IrqType::Msi => 1,
-        IrqType::Msix => 2,
     }
 }
 
@@ -80,9 +82,7 @@ impl VfioBackend for Fake {
 
     fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), BackendError> {
         let mut s = self.state();
-        if s.broken {
-            return Err("broken".into());
-        }
+        s.fail_if_broken("broken")?;
         if index == VFIO_PCI_CONFIG_REGION_INDEX {
             s.config_writes.push((offset, data.to_vec()));
         } else {
@@ -95,7 +95,7 @@ impl VfioBackend for Fake {
     }
 
     fn irq_count(&self, irq: IrqType) -> u32 {
-        self.state().irq_counts[irq_index(irq)]
+        self.state().irq_counts[irq as usize]
     }
 
     fn enable_msi(&mut self, eventfds: &[EventFd]) -> Result<(), BackendError> {
@@ -117,11 +117,7 @@ impl VfioBackend for Fake {
     fn reset(&mut self) -> Result<(), BackendError> {
         let mut s = self.state();
         s.resets += 1;
-        if s.broken {
-            Err("no reset".into())
-        } else {
-            Ok(())
-        }
+        s.fail_if_broken("no reset")
     }
 }
 
@@ -129,11 +125,7 @@ impl Fake {
     fn call(&mut self, call: IrqCall) -> Result<(), BackendError> {
         let mut s = self.state();
         s.irqs.push(call);
-        if s.broken {
-            Err("broken".into())
-        } else {
-            Ok(())
-        }
+        s.fail_if_broken("broken")
     }
 }
 
