@@ -165,18 +165,14 @@ impl PciRoot {
         }
         let result = lock(&slot.device).config_write(offset, data);
         match result {
-            ConfigWriteResult::Interrupts(routes) => {
-                if !routes.is_empty() {
-                    self.host.update_routes(address, &routes);
-                }
+            ConfigWriteResult::Interrupts(routes) if !routes.is_empty() => {
+                self.host.update_routes(address, &routes);
             }
+            ConfigWriteResult::Interrupts(_) => {}
             // Any header write may start or end BAR sizing, which hides or shows a BAR without
             // moving it; re-syncing an unchanged function costs nothing.
-            _ if offset < FIRST_CAPABILITY => self.sync_mappings(address),
-            ConfigWriteResult::BarMoved(_) | ConfigWriteResult::DecodeChanged { .. } => {
-                self.sync_mappings(address);
-            }
-            ConfigWriteResult::None => {}
+            ConfigWriteResult::None if offset >= FIRST_CAPABILITY => {}
+            _ => self.sync_mappings(address),
         }
     }
 
