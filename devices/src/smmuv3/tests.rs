@@ -74,8 +74,12 @@ impl Harness {
         }
     }
 
-    fn booted() -> Self {
+    /// Booted, with devices behind `streams`.
+    fn booted(streams: &[u32]) -> Self {
         let mut h = Harness::new(features());
+        for &sid in streams {
+            h.dev.add_stream(sid).unwrap();
+        }
         h.boot();
         h
     }
@@ -307,9 +311,7 @@ fn gbpa_update_decides_streams_while_disabled() {
 
 #[test]
 fn linear_stream_table_gives_masked_stage1() {
-    let mut h = Harness::new(features());
-    h.dev.add_stream(0x10).unwrap();
-    h.boot();
+    let mut h = Harness::booted(&[0x10]);
     // Enabling the SMMU re-reads the (still empty) STE: abort, without an event.
     assert_eq!(
         h.backend.state().stream_calls,
@@ -354,9 +356,7 @@ fn nested_ste_keeps_only_what_iommufd_takes() {
 
 #[test]
 fn unchanged_ste_is_not_reinstalled_but_its_cds_are_invalidated() {
-    let mut h = Harness::new(features());
-    h.dev.add_stream(0x10).unwrap();
-    h.boot();
+    let mut h = Harness::booted(&[0x10]);
     h.set_mem(STRTAB + 0x10 * 64, &s1_ste(0));
     h.commands(&[cfgi_ste(0x10), sync()]);
     h.commands(&[cfgi_ste(0x10), sync()]);
@@ -366,11 +366,7 @@ fn unchanged_ste_is_not_reinstalled_but_its_cds_are_invalidated() {
 
 #[test]
 fn two_level_stream_table_walk() {
-    let mut h = Harness::new(features());
-    for sid in [0x100, 0x105, 0x205, 0x1ff] {
-        h.dev.add_stream(sid).unwrap();
-    }
-    h.boot();
+    let mut h = Harness::booted(&[0x100, 0x105, 0x205, 0x1ff]);
     // The boot table's 2^8 StreamIDs do not reach them.
     assert_eq!(h.r32(0x1_00a8), 4);
     assert_eq!(h.events(0, 1)[0][0], 0x02 | 0x100 << 32);
@@ -405,9 +401,7 @@ fn two_level_stream_table_walk() {
 
 #[test]
 fn invalid_stes_raise_c_bad_ste() {
-    let mut h = Harness::new(features());
-    h.dev.add_stream(0x20).unwrap();
-    h.boot();
+    let mut h = Harness::booted(&[0x20]);
     let base = s1_ste(0);
     let cases: [[u64; 8]; 5] = [
         [(base[0] & !0xe) | 0b110 << 1, base[1], 0, 0, 0, 0, 0, 0], // stage 2
@@ -439,9 +433,7 @@ fn invalid_stes_raise_c_bad_ste() {
 
 #[test]
 fn bad_stream_ids_and_unreachable_tables_raise_events() {
-    let mut h = Harness::new(features());
-    h.dev.add_stream(0x300).unwrap(); // beyond the 2^8 linear table
-    h.boot();
+    let mut h = Harness::booted(&[0x300]); // beyond the 2^8 linear table
     assert_eq!(h.events(0, 1)[0][0], 0x02 | 0x300 << 32);
     h.w32(CR0, 0xc);
     h.w64(STRTAB_BASE, 0x1000);
@@ -458,9 +450,7 @@ fn bad_stream_ids_and_unreachable_tables_raise_events() {
 
 #[test]
 fn host_refusal_aborts_the_stream() {
-    let mut h = Harness::new(features());
-    h.dev.add_stream(0x10).unwrap();
-    h.boot();
+    let mut h = Harness::booted(&[0x10]);
     h.backend.state().refuse_stage1 = true;
     h.set_mem(STRTAB + 0x10 * 64, &s1_ste(0));
     h.commands(&[cfgi_ste(0x10), sync()]);
@@ -477,7 +467,7 @@ fn host_refusal_aborts_the_stream() {
 
 #[test]
 fn invalidations_are_batched_per_sync() {
-    let mut h = Harness::booted();
+    let mut h = Harness::booted(&[]);
     let burst = [
         tlbi_nh_va(7, 0x4000),
         tlbi_nh_asid(7),
@@ -612,7 +602,7 @@ fn invalidation_commands_decode_their_operands() {
 
 #[test]
 fn cmd_sync_completion_signals() {
-    let mut h = Harness::booted();
+    let mut h = Harness::booted(&[]);
     // Linux's MSI polling: MSIADDR = the CMD_SYNC's own slot, MSIDATA 0.
     let slot = CMDQ + 16 * u64::from(h.prod);
     h.commands(&[[0x46 | 1 << 12 | 3 << 22 | 0xf << 24, slot]]);
@@ -634,7 +624,7 @@ fn cmd_sync_completion_signals() {
 
 #[test]
 fn illegal_command_stops_the_queue_until_acknowledged() {
-    let mut h = Harness::booted();
+    let mut h = Harness::booted(&[]);
     h.commands(&[tlbi_nh_asid(1), [0x7f, 0], tlbi_nh_asid(2), sync()]);
     assert_eq!(h.r32(GERROR), 1);
     assert_eq!(h.r32(GERRORN), 0);
@@ -664,7 +654,7 @@ fn illegal_command_stops_the_queue_until_acknowledged() {
 
 #[test]
 fn command_fetch_outside_ram_is_cerror_abt() {
-    let mut h = Harness::booted();
+    let mut h = Harness::booted(&[]);
     h.w32(CR0, 0x5);
     h.w64(CMDQ_BASE, 0x1000 | 4);
     h.w32(CMDQ_PROD, 0);
@@ -681,7 +671,7 @@ fn host_event(n: u64) -> [u64; 4] {
 
 #[test]
 fn event_queue_wraps_and_overflows() {
-    let mut h = Harness::booted();
+    let mut h = Harness::booted(&[]);
     h.host_events((0..10).map(host_event), false);
     h.host_events((10..20).map(host_event), false);
     h.host_events((20..24).map(host_event), false);
@@ -723,7 +713,7 @@ fn event_queue_wraps_and_overflows() {
 
 #[test]
 fn lost_events_and_event_msi() {
-    let mut h = Harness::booted();
+    let mut h = Harness::booted(&[]);
     h.w64(EVENTQ_IRQ_CFG0, DOORBELL);
     h.w32(EVENTQ_IRQ_CFG1, 0x2a);
     h.host_events([host_event(1)], true);
