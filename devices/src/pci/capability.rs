@@ -6,28 +6,19 @@ use super::config::{
 };
 use super::{raw_u8, raw_u32};
 
-/// Standard capability IDs (PCI Code and ID Assignment, section 2).
+/// The standard capability IDs the model handles (PCI Code and ID Assignment, section 2).
 pub mod id {
     pub const POWER_MANAGEMENT: u8 = 0x01;
     pub const MSI: u8 = 0x05;
     pub const VENDOR_SPECIFIC: u8 = 0x09;
     pub const PCI_EXPRESS: u8 = 0x10;
     pub const MSIX: u8 = 0x11;
-    pub const ADVANCED_FEATURES: u8 = 0x13;
-    pub const ENHANCED_ALLOCATION: u8 = 0x14;
 }
 
-/// Extended capability IDs (PCI Code and ID Assignment, section 3).
+/// The extended capability IDs it keeps (PCI Code and ID Assignment, section 3).
 pub mod ext_id {
-    pub const AER: u16 = 0x0001;
     pub const DEVICE_SERIAL_NUMBER: u16 = 0x0003;
     pub const VENDOR_SPECIFIC: u16 = 0x000b;
-    pub const ACS: u16 = 0x000d;
-    pub const ATS: u16 = 0x000f;
-    pub const SRIOV: u16 = 0x0010;
-    pub const PRI: u16 = 0x0013;
-    pub const RESIZABLE_BAR: u16 = 0x0015;
-    pub const PASID: u16 = 0x001b;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,10 +5,8 @@
 //! not mask the vector (or the whole function), `None` otherwise. The VMM applies a change of
 //! route to KVM; a `None` route must not deliver (see `vfio_pci` for how pending works).
 
+use super::capability::id;
 use super::config::ConfigSpace;
-
-pub const MSI_CAPABILITY_ID: u8 = 0x05;
-pub const MSIX_CAPABILITY_ID: u8 = 0x11;
 
 /// An MSI write: the guest-programmed address and data, never seen by the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -132,7 +130,7 @@ impl MsiCapability {
     /// The initial bytes: ID, next (filled in by the list), control, zeroed message.
     pub fn body(&self) -> Vec<u8> {
         let mut body = vec![0; usize::from(self.size())];
-        body[0] = MSI_CAPABILITY_ID;
+        body[0] = id::MSI;
         body[2..4].copy_from_slice(&self.control.0.to_le_bytes());
         body
     }
@@ -277,7 +275,7 @@ impl MsixCapability {
 
     pub fn body(&self) -> Vec<u8> {
         let mut body = vec![0; usize::from(MSIX_CAPABILITY_LEN)];
-        body[0] = MSIX_CAPABILITY_ID;
+        body[0] = id::MSIX;
         body[2..4].copy_from_slice(&(self.table_size - 1).to_le_bytes());
         body[4..8].copy_from_slice(&self.table.register().to_le_bytes());
         body[8..12].copy_from_slice(&self.pba.register().to_le_bytes());

@@ -268,17 +268,15 @@ impl QueueBase {
     }
 }
 
-/// SMMU_CMDQ_CONS.ERR (6.3.27): why the command queue stopped.
+/// SMMU_CMDQ_CONS.ERR (6.3.27): why the command queue stopped (0: it did not; no ATS, so no
+/// CERROR_ATC_INV_SYNC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum CmdqError {
-    None = 0,
     /// CERROR_ILL: an illegal or unsupported command.
     Illegal = 1,
     /// CERROR_ABT: the command could not be fetched.
     Abort = 2,
-    /// CERROR_ATC_INV_SYNC: an ATC invalidation did not complete.
-    AtcInvSync = 3,
 }
 
 impl CmdqError {
