@@ -91,12 +91,7 @@ impl Command {
             opcode::CFGI_STE => Command::CfgiSte { sid },
             opcode::CFGI_STE_RANGE => {
                 // Range n covers 2^(n+1) StreamIDs aligned to that size; 31 is all of them.
-                let span_bits = bits(w1, 4, 0) as u32 + 1;
-                let span_mask = if span_bits >= 32 {
-                    u32::MAX
-                } else {
-                    (1 << span_bits) - 1
-                };
+                let span_mask = u32::MAX >> (31 - bits(w1, 4, 0));
                 Command::CfgiSteRange {
                     first: sid & !span_mask,
                     last: sid | span_mask,
