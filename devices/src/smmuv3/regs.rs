@@ -218,14 +218,6 @@ impl StrtabBase {
     }
 }
 
-/// SMMU_STRTAB_BASE_CFG.FMT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StrtabFormat {
-    Linear,
-    TwoLevel,
-    Reserved,
-}
-
 /// SMMU_STRTAB_BASE_CFG (6.3.24).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StrtabBaseCfg(pub u32);
@@ -234,12 +226,9 @@ impl StrtabBaseCfg {
     pub fn from_guest(value: u32) -> Self {
         StrtabBaseCfg(value & (mask(17, 16) | mask(10, 6) | mask(5, 0)) as u32)
     }
-    pub fn format(self) -> StrtabFormat {
-        match bits(self.0.into(), 17, 16) {
-            0 => StrtabFormat::Linear,
-            1 => StrtabFormat::TwoLevel,
-            _ => StrtabFormat::Reserved,
-        }
+    /// FMT: 0 linear, 1 2-level, the rest reserved.
+    pub fn format(self) -> u8 {
+        bits(self.0.into(), 17, 16) as u8
     }
     pub fn split(self) -> u8 {
         bits(self.0.into(), 10, 6) as u8

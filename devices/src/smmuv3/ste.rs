@@ -4,7 +4,7 @@
 use super::SmmuFeatures;
 use super::backend::{GuestMemoryAccess, StreamConfig};
 use super::cd::cd_table_bytes;
-use super::regs::{StrtabBase, StrtabBaseCfg, StrtabFormat, bits, mask, place};
+use super::regs::{StrtabBase, StrtabBaseCfg, bits, mask, place};
 
 pub const STE_BYTES: u64 = 64;
 const L1_DESCRIPTOR_BYTES: u64 = 8;
@@ -45,8 +45,8 @@ enum StreamTableFormat {
 impl StreamTable {
     pub fn new(base: StrtabBase, cfg: StrtabBaseCfg, features: &SmmuFeatures) -> Self {
         let format = match cfg.format() {
-            StrtabFormat::Linear => StreamTableFormat::Linear,
-            StrtabFormat::TwoLevel if features.two_level_stream_table => match cfg.split() {
+            0 => StreamTableFormat::Linear,
+            1 if features.two_level_stream_table => match cfg.split() {
                 split @ (6 | 8 | 10) => StreamTableFormat::TwoLevel { split },
                 _ => StreamTableFormat::Invalid,
             },
