@@ -395,17 +395,18 @@ mod tests {
         fail_attach: bool,
     }
 
-    fn errno() -> KvmError {
-        KvmError::new(libc::EINVAL)
-    }
-
     impl FakeHost {
         fn log(&self) -> Vec<Event> {
             lock(&self.log).clone()
         }
 
-        fn push(&self, event: Event) {
+        /// Logs `event`, or fails (EINVAL) without logging it.
+        fn record(&self, fail: bool, event: Event) -> Result<(), KvmError> {
+            if fail {
+                return Err(KvmError::new(libc::EINVAL));
+            }
             lock(&self.log).push(event);
+            Ok(())
         }
     }
 
@@ -413,22 +414,12 @@ mod tests {
         unsafe fn add(&self, slot: u32, _gpa: u64, _size: u64, host: u64) -> Result<(), KvmError> {
             let mut adds = lock(&self.adds);
             *adds += 1;
-            if self.fail_add == Some(*adds) {
-                return Err(errno());
-            }
-            self.push(Event::AddSlot {
-                slot,
-                host: host as usize,
-            });
-            Ok(())
+            let host = host as usize;
+            self.record(self.fail_add == Some(*adds), Event::AddSlot { slot, host })
         }
 
         fn remove(&self, slot: u32, _gpa: u64, _host: u64) -> Result<(), KvmError> {
-            if self.fail_remove {
-                return Err(errno());
-            }
-            self.push(Event::RemoveSlot(slot));
-            Ok(())
+            self.record(self.fail_remove, Event::RemoveSlot(slot))
         }
     }
 
@@ -439,16 +430,11 @@ mod tests {
             gsi: u32,
             _resample: Option<&EventFd>,
         ) -> Result<(), KvmError> {
-            if self.fail_attach {
-                return Err(errno());
-            }
-            self.push(Event::Attach(gsi));
-            Ok(())
+            self.record(self.fail_attach, Event::Attach(gsi))
         }
 
         fn detach_irqfd(&self, _eventfd: &EventFd, gsi: u32) -> Result<(), KvmError> {
-            self.push(Event::Detach(gsi));
-            Ok(())
+            self.record(false, Event::Detach(gsi))
         }
     }
 
@@ -460,12 +446,12 @@ mod tests {
             let mut maps = lock(&self.maps);
             *maps += 1;
             let addr = 0x7f00_0000_0000 + *maps * 0x100_0000;
-            self.push(Event::Map(addr));
+            lock(&self.log).push(Event::Map(addr));
             Ok(addr)
         }
 
         unsafe fn unmap(&self, addr: usize, _size: usize) {
-            self.push(Event::Unmap(addr));
+            lock(&self.log).push(Event::Unmap(addr));
         }
     }
 
