@@ -87,33 +87,23 @@ impl Bus {
     /// Dispatches a read; returns false (and fills `data` with all-ones, as an unclaimed bus
     /// reads) when no device owns the whole access.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
-        match self.find(addr, data.len()) {
-            Some((offset, device)) => {
-                device
-                    .lock()
-                    .expect("a device model panicked")
-                    .read(offset, data);
-                true
-            }
-            None => {
-                data.fill(0xff);
-                false
-            }
-        }
+        let Some((offset, device)) = self.find(addr, data.len()) else {
+            data.fill(0xff);
+            return false;
+        };
+        let mut device = device.lock().expect("a device model panicked");
+        device.read(offset, data);
+        true
     }
 
     /// Dispatches a write; returns false when no device owns the whole access (it is dropped).
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
-        match self.find(addr, data.len()) {
-            Some((offset, device)) => {
-                device
-                    .lock()
-                    .expect("a device model panicked")
-                    .write(offset, data);
-                true
-            }
-            None => false,
-        }
+        let Some((offset, device)) = self.find(addr, data.len()) else {
+            return false;
+        };
+        let mut device = device.lock().expect("a device model panicked");
+        device.write(offset, data);
+        true
     }
 }
 

@@ -6,4 +6,6 @@ pub mod pci;
 pub mod power;
 pub mod serial;
 pub mod smmuv3;
+#[cfg(test)]
+mod testutil;
 pub mod vfio_pci;

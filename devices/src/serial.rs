@@ -10,12 +10,6 @@ use crate::bus::BusDevice;
 /// Raises the UART's interrupt by writing its eventfd, which KVM turns into a guest interrupt.
 pub struct EventFdTrigger(EventFd);
 
-impl EventFdTrigger {
-    pub fn new(evt: EventFd) -> Self {
-        EventFdTrigger(evt)
-    }
-}
-
 impl Trigger for EventFdTrigger {
     type E = io::Error;
 
@@ -34,7 +28,7 @@ pub struct SerialDevice {
 impl SerialDevice {
     pub fn new(interrupt: EventFd, out: Box<dyn Write + Send>) -> Self {
         SerialDevice {
-            uart: Serial::new(EventFdTrigger::new(interrupt), out),
+            uart: Serial::new(EventFdTrigger(interrupt), out),
         }
     }
 

@@ -4,29 +4,21 @@
 use super::config::{
     CAPABILITIES_POINTER, FIRST_CAPABILITY, FIRST_EXTENDED_CAPABILITY, STANDARD_CONFIG_SIZE,
 };
+use super::{raw_u8, raw_u32};
 
-/// Standard capability IDs (PCI Code and ID Assignment, section 2).
+/// The standard capability IDs the model handles (PCI Code and ID Assignment, section 2).
 pub mod id {
     pub const POWER_MANAGEMENT: u8 = 0x01;
     pub const MSI: u8 = 0x05;
     pub const VENDOR_SPECIFIC: u8 = 0x09;
     pub const PCI_EXPRESS: u8 = 0x10;
     pub const MSIX: u8 = 0x11;
-    pub const ADVANCED_FEATURES: u8 = 0x13;
-    pub const ENHANCED_ALLOCATION: u8 = 0x14;
 }
 
-/// Extended capability IDs (PCI Code and ID Assignment, section 3).
+/// The extended capability IDs it keeps (PCI Code and ID Assignment, section 3).
 pub mod ext_id {
-    pub const AER: u16 = 0x0001;
     pub const DEVICE_SERIAL_NUMBER: u16 = 0x0003;
     pub const VENDOR_SPECIFIC: u16 = 0x000b;
-    pub const ACS: u16 = 0x000d;
-    pub const ATS: u16 = 0x000f;
-    pub const SRIOV: u16 = 0x0010;
-    pub const PRI: u16 = 0x0013;
-    pub const RESIZABLE_BAR: u16 = 0x0015;
-    pub const PASID: u16 = 0x001b;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,19 +34,11 @@ pub struct FoundExtendedCapability {
     pub offset: u16,
 }
 
-fn byte(config: &[u8], offset: usize) -> u8 {
-    config.get(offset).copied().unwrap_or(0)
-}
-
-fn dword(config: &[u8], offset: usize) -> u32 {
-    u32::from_le_bytes([0, 1, 2, 3].map(|i| byte(config, offset + i)))
-}
-
 /// The standard capability list of a configuration space image, in list order. Stops at a
 /// pointer into the header, past 256 bytes, or back to a capability already seen.
 pub fn standard_capabilities(config: &[u8]) -> Vec<FoundCapability> {
     let mut found: Vec<FoundCapability> = Vec::new();
-    let mut next = byte(config, usize::from(CAPABILITIES_POINTER)) & !3;
+    let mut next = raw_u8(config, CAPABILITIES_POINTER) & !3;
     while next != 0 {
         let offset = u16::from(next);
         let in_range =
@@ -63,10 +47,10 @@ pub fn standard_capabilities(config: &[u8]) -> Vec<FoundCapability> {
             break;
         }
         found.push(FoundCapability {
-            id: byte(config, usize::from(offset)),
+            id: raw_u8(config, offset),
             offset,
         });
-        next = byte(config, usize::from(offset) + 1) & !3;
+        next = raw_u8(config, offset + 1) & !3;
     }
     found
 }
@@ -82,7 +66,7 @@ pub fn extended_capabilities(config: &[u8]) -> Vec<FoundExtendedCapability> {
             break;
         }
         seen.push(offset);
-        let header = dword(config, usize::from(offset));
+        let header = raw_u32(config, offset);
         if header == 0 || header == u32::MAX {
             break;
         }
@@ -115,19 +99,11 @@ mod tests {
         config[0x41] = 0x50;
         config[0x50] = 0x05;
         config[0x51] = 0x40; // loops back
-        assert_eq!(
-            standard_capabilities(&config),
-            [
-                FoundCapability {
-                    id: 1,
-                    offset: 0x40
-                },
-                FoundCapability {
-                    id: 5,
-                    offset: 0x50
-                }
-            ]
-        );
+        let found = |config: &[u8]| -> Vec<(u8, u16)> {
+            let caps = standard_capabilities(config);
+            caps.iter().map(|c| (c.id, c.offset)).collect()
+        };
+        assert_eq!(found(&config), [(1, 0x40), (5, 0x50)]);
         config[0x51] = 0x10; // into the header
         assert_eq!(standard_capabilities(&config).len(), 2);
         config[0x51] = 0xff; // low bits ignored, 0xfc + 2 fits

@@ -15,9 +15,7 @@ pub const DEVICE_ID: u16 = 0x02;
 pub const COMMAND: u16 = 0x04;
 pub const STATUS: u16 = 0x06;
 pub const REVISION_ID: u16 = 0x08;
-pub const CLASS_CODE: u16 = 0x09;
 pub const CACHE_LINE_SIZE: u16 = 0x0c;
-pub const HEADER_TYPE: u16 = 0x0e;
 pub const BAR0: u16 = 0x10;
 pub const SUBSYSTEM_VENDOR_ID: u16 = 0x2c;
 pub const SUBSYSTEM_ID: u16 = 0x2e;
@@ -61,10 +59,6 @@ impl Command {
 
     pub fn bus_master(self) -> bool {
         self.0 & Self::BUS_MASTER != 0
-    }
-
-    pub fn intx_disable(self) -> bool {
-        self.0 & Self::INTX_DISABLE != 0
     }
 }
 
@@ -158,19 +152,14 @@ impl Bar {
     }
 
     fn register(&self, upper: bool) -> u32 {
+        let value = if self.sizing[usize::from(upper)] {
+            self.size_mask()
+        } else {
+            self.addr
+        };
         if upper {
-            let value = if self.sizing[1] {
-                self.size_mask()
-            } else {
-                self.addr
-            };
             (value >> 32) as u32
         } else {
-            let value = if self.sizing[0] {
-                self.size_mask()
-            } else {
-                self.addr
-            };
             (value as u32 & self.kind.address_mask()) | self.kind.flags()
         }
     }
@@ -187,15 +176,9 @@ pub struct BarInfo {
 }
 
 /// A BAR the guest can reach at `addr..addr + size`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ActiveBar {
-    pub index: u8,
-    pub kind: BarKind,
-    pub addr: u64,
-    pub size: u64,
-}
+pub type ActiveBar = BarInfo;
 
-impl ActiveBar {
+impl BarInfo {
     pub fn contains(&self, space: BarSpace, addr: u64, len: u64) -> bool {
         self.kind.space() == space
             && addr >= self.addr
@@ -277,16 +260,17 @@ impl ConfigSpace {
             capabilities: Vec::new(),
             extended_capabilities: Vec::new(),
         };
-        config.set_u16(VENDOR_ID, header.vendor_id);
-        config.set_u16(DEVICE_ID, header.device_id);
-        config.set_u32(
-            REVISION_ID,
-            header.class_code << 8 | u32::from(header.revision_id),
+        let class_revision = header.class_code << 8 | u32::from(header.revision_id);
+        config.set(VENDOR_ID, &header.vendor_id.to_le_bytes());
+        config.set(DEVICE_ID, &header.device_id.to_le_bytes());
+        config.set(REVISION_ID, &class_revision.to_le_bytes());
+        config.set(
+            SUBSYSTEM_VENDOR_ID,
+            &header.subsystem_vendor_id.to_le_bytes(),
         );
-        config.set_u16(SUBSYSTEM_VENDOR_ID, header.subsystem_vendor_id);
-        config.set_u16(SUBSYSTEM_ID, header.subsystem_id);
+        config.set(SUBSYSTEM_ID, &header.subsystem_id.to_le_bytes());
         config.regs[usize::from(INTERRUPT_PIN)] = header.interrupt_pin.min(4);
-        config.set_wmask_u16(COMMAND, Command::WRITABLE);
+        config.set_wmask(COMMAND, &Command::WRITABLE.to_le_bytes());
         config.wmask[usize::from(CACHE_LINE_SIZE)] = 0xff;
         config.wmask[usize::from(INTERRUPT_LINE)] = 0xff;
         config
@@ -298,7 +282,7 @@ impl ConfigSpace {
         if last >= NUM_BARS {
             return Err(ConfigError::NoSuchBar { index });
         }
-        if (index..=last).any(|i| self.slot(i) != Slot::Unused) {
+        if (index..=last).any(|i| !matches!(self.slot(i), Slot::Unused)) {
             return Err(ConfigError::BarInUse { index });
         }
         let max = match kind {
@@ -359,20 +343,16 @@ impl ConfigSpace {
 
     pub fn active_bars(&self) -> Vec<ActiveBar> {
         let command = self.command();
+        let active = |bar: &Bar| {
+            let enabled = match bar.kind.space() {
+                BarSpace::Io => command.io_space(),
+                BarSpace::Memory => command.memory_space(),
+            };
+            enabled && bar.sizing == [false; 2] && bar.addr != 0
+        };
         (0..NUM_BARS)
-            .filter_map(|i| {
-                let bar = self.bars[i]?;
-                let enabled = match bar.kind.space() {
-                    BarSpace::Io => command.io_space(),
-                    BarSpace::Memory => command.memory_space(),
-                };
-                (enabled && bar.sizing == [false; 2] && bar.addr != 0).then_some(ActiveBar {
-                    index: i as u8,
-                    kind: bar.kind,
-                    addr: bar.addr,
-                    size: bar.size,
-                })
-            })
+            .filter(|&i| self.bars[i].as_ref().is_some_and(active))
+            .filter_map(|i| self.bar(i))
             .collect()
     }
 
@@ -517,19 +497,9 @@ impl ConfigSpace {
         u32::from(self.u16_at(offset)) | u32::from(self.u16_at(offset.wrapping_add(2))) << 16
     }
 
-    fn set_u16(&mut self, offset: u16, value: u16) {
+    fn set(&mut self, offset: u16, bytes: &[u8]) {
         let at = usize::from(offset);
-        self.regs[at..at + 2].copy_from_slice(&value.to_le_bytes());
-    }
-
-    fn set_u32(&mut self, offset: u16, value: u32) {
-        let at = usize::from(offset);
-        self.regs[at..at + 4].copy_from_slice(&value.to_le_bytes());
-    }
-
-    fn set_wmask_u16(&mut self, offset: u16, mask: u16) {
-        let at = usize::from(offset);
-        self.wmask[at..at + 2].copy_from_slice(&mask.to_le_bytes());
+        self.regs[at..at + bytes.len()].copy_from_slice(bytes);
     }
 
     /// Makes bits of the shadow writable (or not) by the guest.
@@ -599,7 +569,7 @@ impl ConfigSpace {
         let first = self.capabilities.first().map_or(0, |&(o, _)| o as u8);
         self.regs[usize::from(CAPABILITIES_POINTER)] = first;
         let status = self.u16_at(STATUS) | STATUS_CAPABILITIES_LIST;
-        self.set_u16(STATUS, status);
+        self.set(STATUS, &status.to_le_bytes());
         for i in 0..self.capabilities.len() {
             let next = self.capabilities.get(i + 1).map_or(0, |&(o, _)| o as u8);
             self.regs[usize::from(self.capabilities[i].0) + 1] = next;
@@ -611,7 +581,7 @@ impl ConfigSpace {
         for (i, &(offset, _)) in caps.iter().enumerate() {
             let next = caps.get(i + 1).map_or(0, |&(o, _)| o);
             let header = self.u32_at(offset) & 0x000f_ffff | u32::from(next) << 20;
-            self.set_u32(offset, header);
+            self.set(offset, &header.to_le_bytes());
         }
         // The list must start at 0x100: when the device's first capability is hidden, a null
         // header (ID 0) there points at the first one kept.
@@ -619,7 +589,10 @@ impl ConfigSpace {
             && first != FIRST_EXTENDED_CAPABILITY
             && !covers(&caps, FIRST_EXTENDED_CAPABILITY)
         {
-            self.set_u32(FIRST_EXTENDED_CAPABILITY, u32::from(first) << 20);
+            self.set(
+                FIRST_EXTENDED_CAPABILITY,
+                &(u32::from(first) << 20).to_le_bytes(),
+            );
         }
     }
 
@@ -638,17 +611,6 @@ enum Slot {
     Unused,
     Lower(Bar),
     Upper(Bar),
-}
-
-impl PartialEq for Slot {
-    fn eq(&self, other: &Self) -> bool {
-        matches!(
-            (self, other),
-            (Slot::Unused, Slot::Unused)
-                | (Slot::Lower(_), Slot::Lower(_))
-                | (Slot::Upper(_), Slot::Upper(_))
-        )
-    }
 }
 
 /// Where a capability of `len` bytes may go: dword-aligned, inside its list's space (`first` up to
@@ -683,6 +645,7 @@ fn covers(list: &[(u16, u16)], offset: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{M32, M64, M64_PREF};
 
     fn header() -> Header {
         Header {
@@ -741,25 +704,10 @@ mod tests {
 
     fn device() -> ConfigSpace {
         let mut c = ConfigSpace::new(&header());
-        c.add_bar(
-            0,
-            BarKind::Memory32 {
-                prefetchable: false,
-            },
-            0x4000,
-        )
-        .unwrap();
+        c.add_bar(0, M32, 0x4000).unwrap();
         c.add_bar(1, BarKind::Io, 0x20).unwrap();
-        c.add_bar(2, BarKind::Memory64 { prefetchable: true }, 1 << 33)
-            .unwrap();
-        c.add_bar(
-            4,
-            BarKind::Memory64 {
-                prefetchable: false,
-            },
-            0x1000,
-        )
-        .unwrap();
+        c.add_bar(2, M64_PREF, 1 << 33).unwrap();
+        c.add_bar(4, M64, 0x1000).unwrap();
         c
     }
 
@@ -808,14 +756,7 @@ mod tests {
     #[test]
     fn unused_bar_slot_reads_zero() {
         let mut c = ConfigSpace::new(&header());
-        c.add_bar(
-            0,
-            BarKind::Memory32 {
-                prefetchable: false,
-            },
-            0x1000,
-        )
-        .unwrap();
+        c.add_bar(0, M32, 0x1000).unwrap();
         write32(&mut c, 0x14, 0xffff_ffff).ok_none_or_bar();
         assert_eq!(read32(&c, 0x14), 0);
     }
@@ -827,9 +768,7 @@ mod tests {
             write32(&mut c, 0x10, 0x1000_4000),
             ConfigWriteResult::BarMoved(BarMove {
                 bar: 0,
-                kind: BarKind::Memory32 {
-                    prefetchable: false
-                },
+                kind: M32,
                 old: 0,
                 new: 0x1000_4000,
                 size: 0x4000,
@@ -917,33 +856,19 @@ mod tests {
     fn bad_bars_are_refused() {
         let mut c = device();
         let io = BarKind::Io;
-        let m64 = BarKind::Memory64 {
-            prefetchable: false,
-        };
-        assert_eq!(c.add_bar(0, io, 4), Err(ConfigError::BarInUse { index: 0 }));
-        assert_eq!(c.add_bar(3, io, 4), Err(ConfigError::BarInUse { index: 3 }));
-        assert_eq!(
-            c.add_bar(5, m64, 16),
-            Err(ConfigError::NoSuchBar { index: 5 })
-        );
-        assert_eq!(
-            c.add_bar(7, io, 4),
-            Err(ConfigError::NoSuchBar { index: 7 })
-        );
+        for (index, kind, size, err) in [
+            (0, io, 4, ConfigError::BarInUse { index: 0 }),
+            (3, io, 4, ConfigError::BarInUse { index: 3 }),
+            (5, M64, 16, ConfigError::NoSuchBar { index: 5 }),
+            (7, io, 4, ConfigError::NoSuchBar { index: 7 }),
+        ] {
+            assert_eq!(c.add_bar(index, kind, size), Err(err));
+        }
         let mut c = ConfigSpace::new(&header());
-        assert!(c.add_bar(0, io, 3).is_err());
-        assert!(c.add_bar(0, m64, 8).is_err());
-        assert!(
-            c.add_bar(
-                0,
-                BarKind::Memory32 {
-                    prefetchable: false
-                },
-                1 << 32
-            )
-            .is_err()
-        );
-        c.add_bar(0, m64, 1 << 40).unwrap();
+        for (kind, size) in [(io, 3), (M64, 8), (M32, 1 << 32)] {
+            assert!(c.add_bar(0, kind, size).is_err(), "{kind:?} {size:#x}");
+        }
+        c.add_bar(0, M64, 1 << 40).unwrap();
         assert!(c.set_bar_address(0, 0x1000).is_err());
         assert!(c.set_bar_address(2, 0).is_err());
     }

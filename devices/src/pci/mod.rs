@@ -59,6 +59,10 @@ pub struct BarRange {
 }
 
 impl BarRange {
+    pub const fn new(offset: u64, size: u64) -> Self {
+        BarRange { offset, size }
+    }
+
     pub fn end(&self) -> u64 {
         self.offset.saturating_add(self.size)
     }
@@ -91,6 +95,30 @@ pub trait PciDevice: Send {
     fn direct_ranges(&self, _bar: u8) -> Vec<BarRange> {
         Vec::new()
     }
+}
+
+/// `len` bytes of a raw configuration image (a device's) from `at`; bytes past its end read as 0.
+pub(crate) fn raw_bytes(raw: &[u8], at: u16, len: u16) -> Vec<u8> {
+    let at = usize::from(at);
+    (at..at + usize::from(len))
+        .map(|i| raw.get(i).copied().unwrap_or(0))
+        .collect()
+}
+
+fn raw_le<const N: usize>(raw: &[u8], at: u16) -> [u8; N] {
+    std::array::from_fn(|i| raw.get(usize::from(at) + i).copied().unwrap_or(0))
+}
+
+pub(crate) fn raw_u8(raw: &[u8], at: u16) -> u8 {
+    u8::from_le_bytes(raw_le(raw, at))
+}
+
+pub(crate) fn raw_u16(raw: &[u8], at: u16) -> u16 {
+    u16::from_le_bytes(raw_le(raw, at))
+}
+
+pub(crate) fn raw_u32(raw: &[u8], at: u16) -> u32 {
+    u32::from_le_bytes(raw_le(raw, at))
 }
 
 /// True for a 1, 2 or 4 byte, naturally aligned access that ends at or before `limit`: the only

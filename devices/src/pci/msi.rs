@@ -5,11 +5,8 @@
 //! not mask the vector (or the whole function), `None` otherwise. The VMM applies a change of
 //! route to KVM; a `None` route must not deliver (see `vfio_pci` for how pending works).
 
+use super::capability::id;
 use super::config::ConfigSpace;
-use super::config_access_ok;
-
-pub const MSI_CAPABILITY_ID: u8 = 0x05;
-pub const MSIX_CAPABILITY_ID: u8 = 0x11;
 
 /// An MSI write: the guest-programmed address and data, never seen by the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -133,7 +130,7 @@ impl MsiCapability {
     /// The initial bytes: ID, next (filled in by the list), control, zeroed message.
     pub fn body(&self) -> Vec<u8> {
         let mut body = vec![0; usize::from(self.size())];
-        body[0] = MSI_CAPABILITY_ID;
+        body[0] = id::MSI;
         body[2..4].copy_from_slice(&self.control.0.to_le_bytes());
         body
     }
@@ -278,7 +275,7 @@ impl MsixCapability {
 
     pub fn body(&self) -> Vec<u8> {
         let mut body = vec![0; usize::from(MSIX_CAPABILITY_LEN)];
-        body[0] = MSIX_CAPABILITY_ID;
+        body[0] = id::MSIX;
         body[2..4].copy_from_slice(&(self.table_size - 1).to_le_bytes());
         body[4..8].copy_from_slice(&self.table.register().to_le_bytes());
         body[8..12].copy_from_slice(&self.pba.register().to_le_bytes());
@@ -365,11 +362,17 @@ impl MsixTable {
         &self.entries
     }
 
+    /// Whether the table serves an access: a dword or qword, naturally aligned, inside.
+    fn access_ok(&self, offset: u64, len: usize) -> bool {
+        let end = self.entries.len() as u64 * MSIX_ENTRY_SIZE;
+        matches!(len, 4 | 8)
+            && offset.is_multiple_of(len as u64)
+            && offset.checked_add(len as u64).is_some_and(|e| e <= end)
+    }
+
     /// Dword or aligned qword reads; anything else reads all-ones.
     pub fn read(&self, offset: u64, data: &mut [u8]) {
-        let ok = matches!(data.len(), 4 | 8) && offset.is_multiple_of(data.len() as u64);
-        let len = self.entries.len() as u64 * MSIX_ENTRY_SIZE;
-        if !ok || !config_access_ok_wide(offset, data.len(), len) {
+        if !self.access_ok(offset, data.len()) {
             data.fill(0xff);
             return;
         }
@@ -385,9 +388,7 @@ impl MsixTable {
 
     /// Dword or aligned qword writes; returns the entry written, if any.
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Option<u16> {
-        let ok = matches!(data.len(), 4 | 8) && offset.is_multiple_of(data.len() as u64);
-        let len = self.entries.len() as u64 * MSIX_ENTRY_SIZE;
-        if !ok || !config_access_ok_wide(offset, data.len(), len) {
+        if !self.access_ok(offset, data.len()) {
             return None;
         }
         let vector = offset / MSIX_ENTRY_SIZE;
@@ -416,15 +417,6 @@ impl MsixTable {
     }
 }
 
-/// Bounds check for table accesses, which may be 8 bytes wide.
-fn config_access_ok_wide(offset: u64, len: usize, limit: u64) -> bool {
-    if len == 8 {
-        offset.is_multiple_of(8) && offset.checked_add(8).is_some_and(|end| end <= limit)
-    } else {
-        config_access_ok(offset, len, limit)
-    }
-}
-
 fn ranges_overlap(start: u16, len: u16, offset: u16, access: usize) -> bool {
     let (start, end) = (usize::from(start), usize::from(start) + usize::from(len));
     let offset = usize::from(offset);
@@ -435,6 +427,10 @@ fn ranges_overlap(start: u16, len: u16, offset: u16, access: usize) -> bool {
 mod tests {
     use super::*;
     use crate::pci::config::Header;
+
+    fn msg(address: u64, data: u32) -> Option<MsiMessage> {
+        Some(MsiMessage { address, data })
+    }
 
     fn config_with_msi(control: u16) -> (ConfigSpace, MsiCapability) {
         let mut config = ConfigSpace::new(&Header::default());
@@ -478,15 +474,17 @@ mod tests {
             }
         );
         assert_eq!(config.u16_at(o + 2), 0x1a7);
-        let msg = |data| {
-            Some(MsiMessage {
-                address: 0x1_fee0_1000,
-                data,
-            })
-        };
+        let vector_msg = |data| msg(0x1_fee0_1000, data);
         assert_eq!(
             state.routes(6),
-            [msg(0x4040), None, msg(0x4042), msg(0x4043), None, None]
+            [
+                vector_msg(0x4040),
+                None,
+                vector_msg(0x4042),
+                vector_msg(0x4043),
+                None,
+                None
+            ]
         );
         // MME beyond MMC is clamped.
         let _ = config.write(o + 2, &[0x71]);
@@ -504,16 +502,7 @@ mod tests {
         let _ = config.write(o + 2, &[0x71]);
         let state = cap.state(&config);
         assert_eq!((state.vectors, state.mask, state.data), (1, 0, 0x31));
-        assert_eq!(
-            state.routes(2),
-            [
-                Some(MsiMessage {
-                    address: 0xfee0_0000,
-                    data: 0x31
-                }),
-                None
-            ]
-        );
+        assert_eq!(state.routes(2), [msg(0xfee0_0000, 0x31), None]);
     }
 
     #[test]
@@ -531,11 +520,10 @@ mod tests {
         table.read(16, &mut q);
         assert_eq!(u64::from_le_bytes(q), 0x1_fee0_0004);
         let enabled = MsixControl(MsixControl::ENABLE);
-        let msg = MsiMessage {
-            address: 0x1_fee0_0004,
-            data: 0x55,
-        };
-        assert_eq!(table.routes(enabled), [None, Some(msg), None]);
+        assert_eq!(
+            table.routes(enabled),
+            [None, msg(0x1_fee0_0004, 0x55), None]
+        );
         let masked = MsixControl(MsixControl::ENABLE | MsixControl::FUNCTION_MASK);
         assert_eq!(table.routes(masked), [None, None, None]);
         assert_eq!(table.routes(MsixControl(0)), [None, None, None]);
@@ -552,20 +540,9 @@ mod tests {
     fn msix_capability_layout() {
         let cap = MsixCapability::new(0x70, 0x0040, 0x3002, 0x3802);
         assert_eq!(cap.table_size, 0x41);
-        assert_eq!(
-            cap.table,
-            BarLocation {
-                bar: 2,
-                offset: 0x3000
-            }
-        );
-        assert_eq!(
-            cap.pba,
-            BarLocation {
-                bar: 2,
-                offset: 0x3800
-            }
-        );
+        let (table, pba) = (cap.table, cap.pba);
+        assert_eq!((table.bar, table.offset), (2, 0x3000));
+        assert_eq!((pba.bar, pba.offset), (2, 0x3800));
         assert_eq!(cap.table_bytes(), 0x410);
         assert_eq!(cap.pba_bytes(), 16);
         assert_eq!(
@@ -576,22 +553,9 @@ mod tests {
 
     #[test]
     fn route_changes_lists_differences() {
-        let m = Some(MsiMessage {
-            address: 1,
-            data: 2,
-        });
-        assert_eq!(
-            route_changes(&[None, m, m], &[m, m]),
-            [
-                InterruptRoute {
-                    vector: 0,
-                    message: m
-                },
-                InterruptRoute {
-                    vector: 2,
-                    message: None
-                }
-            ]
-        );
+        let m = msg(1, 2);
+        let changes = route_changes(&[None, m, m], &[m, m]);
+        let changes: Vec<_> = changes.iter().map(|r| (r.vector, r.message)).collect();
+        assert_eq!(changes, [(0, m), (2, None)]);
     }
 }

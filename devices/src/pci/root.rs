@@ -69,6 +69,15 @@ struct Slot {
     mapped: Vec<DirectMapping>,
 }
 
+impl Slot {
+    fn new(device: Arc<Mutex<dyn PciDevice>>) -> Self {
+        Slot {
+            device,
+            mapped: Vec::new(),
+        }
+    }
+}
+
 /// The functions behind one host bridge.
 pub struct PciRoot {
     bus_start: u8,
@@ -81,25 +90,20 @@ impl PciRoot {
     /// A root for buses `bus_start..=bus_end` (the plan's `PciBridge`), with its host bridge at
     /// `bus_start`:00.0.
     pub fn new(bus_start: u8, bus_end: u8, host: Box<dyn PciSegmentHost>) -> Self {
-        let mut root = PciRoot {
-            bus_start,
-            bus_end: bus_end.max(bus_start),
-            slots: BTreeMap::new(),
-            host,
-        };
-        let address = PciAddress {
+        let host_bridge = PciAddress {
             bus: bus_start,
             device: 0,
             function: 0,
         };
-        root.slots.insert(
-            address,
-            Slot {
-                device: Arc::new(Mutex::new(HostBridge::new())),
-                mapped: Vec::new(),
-            },
-        );
-        root
+        PciRoot {
+            bus_start,
+            bus_end: bus_end.max(bus_start),
+            slots: BTreeMap::from([(
+                host_bridge,
+                Slot::new(Arc::new(Mutex::new(HostBridge::new()))),
+            )]),
+            host,
+        }
     }
 
     /// Bytes of ECAM window the bridge's buses span.
@@ -122,13 +126,7 @@ impl PciRoot {
         if self.slots.contains_key(&address) {
             return Err(PciError::SlotTaken { address });
         }
-        self.slots.insert(
-            address,
-            Slot {
-                device,
-                mapped: Vec::new(),
-            },
-        );
+        self.slots.insert(address, Slot::new(device));
         Ok(())
     }
 
@@ -167,18 +165,14 @@ impl PciRoot {
         }
         let result = lock(&slot.device).config_write(offset, data);
         match result {
-            ConfigWriteResult::Interrupts(routes) => {
-                if !routes.is_empty() {
-                    self.host.update_routes(address, &routes);
-                }
+            ConfigWriteResult::Interrupts(routes) if !routes.is_empty() => {
+                self.host.update_routes(address, &routes);
             }
+            ConfigWriteResult::Interrupts(_) => {}
             // Any header write may start or end BAR sizing, which hides or shows a BAR without
             // moving it; re-syncing an unchanged function costs nothing.
-            _ if offset < FIRST_CAPABILITY => self.sync_mappings(address),
-            ConfigWriteResult::BarMoved(_) | ConfigWriteResult::DecodeChanged { .. } => {
-                self.sync_mappings(address);
-            }
-            ConfigWriteResult::None => {}
+            ConfigWriteResult::None if offset >= FIRST_CAPABILITY => {}
+            _ => self.sync_mappings(address),
         }
     }
 
@@ -233,33 +227,31 @@ impl PciRoot {
     }
 
     /// The function and BAR decoding `addr..addr + len` in `space`.
-    fn find_bar(&self, space: BarSpace, addr: u64, len: usize) -> Option<(PciAddress, ActiveBar)> {
+    fn find_bar(
+        &self,
+        space: BarSpace,
+        addr: u64,
+        len: usize,
+    ) -> Option<(PciAddress, &Slot, ActiveBar)> {
         self.slots.iter().find_map(|(&address, slot)| {
             let bars = lock(&slot.device).active_bars();
             bars.into_iter()
                 .find(|bar| bar.contains(space, addr, len as u64))
-                .map(|bar| (address, bar))
+                .map(|bar| (address, slot, bar))
         })
     }
 
     /// A trapped BAR read; all-ones where no BAR decodes.
     pub fn bar_read(&self, space: BarSpace, addr: u64, data: &mut [u8]) {
         match self.find_bar(space, addr, data.len()) {
-            Some((address, bar)) => {
-                if let Some(slot) = self.slots.get(&address) {
-                    lock(&slot.device).mmio_read(bar.index, addr - bar.addr, data);
-                }
-            }
+            Some((_, slot, bar)) => lock(&slot.device).mmio_read(bar.index, addr - bar.addr, data),
             None => data.fill(0xff),
         }
     }
 
     /// A trapped BAR write; dropped where no BAR decodes.
     pub fn bar_write(&mut self, space: BarSpace, addr: u64, data: &[u8]) {
-        let Some((address, bar)) = self.find_bar(space, addr, data.len()) else {
-            return;
-        };
-        let Some(slot) = self.slots.get(&address) else {
+        let Some((address, slot, bar)) = self.find_bar(space, addr, data.len()) else {
             return;
         };
         let routes = lock(&slot.device).mmio_write(bar.index, addr - bar.addr, data);
@@ -305,33 +297,28 @@ impl PciWindow {
 
 impl BusDevice for PciWindow {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let root = self.root.lock().expect("the PCI root panicked");
         match self.base.checked_add(offset) {
-            Some(addr) => self
-                .root
-                .lock()
-                .expect("the PCI root panicked")
-                .bar_read(self.space, addr, data),
+            Some(addr) => root.bar_read(self.space, addr, data),
             None => data.fill(0xff),
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let Some(addr) = self.base.checked_add(offset) {
-            self.root
-                .lock()
-                .expect("the PCI root panicked")
-                .bar_write(self.space, addr, data);
+            let mut root = self.root.lock().expect("the PCI root panicked");
+            root.bar_write(self.space, addr, data);
         }
     }
 }
 
 /// The emulated host bridge at 00.0: an identity and nothing else.
-pub struct HostBridge {
+struct HostBridge {
     config: ConfigSpace,
 }
 
 impl HostBridge {
-    pub fn new() -> Self {
+    fn new() -> Self {
         HostBridge {
             config: ConfigSpace::new(&Header {
                 vendor_id: HOST_BRIDGE_VENDOR,
@@ -340,12 +327,6 @@ impl HostBridge {
                 ..Header::default()
             }),
         }
-    }
-}
-
-impl Default for HostBridge {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -374,8 +355,9 @@ impl PciDevice for HostBridge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pci::config::{BarKind, COMMAND};
+    use crate::pci::config::COMMAND;
     use crate::pci::{BarRange, MsiMessage};
+    use crate::testutil::{M64, XorShift};
 
     #[derive(Debug, Clone, PartialEq, Eq)]
     enum Event {
@@ -430,15 +412,7 @@ mod tests {
                 class_code: 0xff_00_00,
                 ..Header::default()
             });
-            config
-                .add_bar(
-                    0,
-                    BarKind::Memory64 {
-                        prefetchable: false,
-                    },
-                    0x2000,
-                )
-                .unwrap();
+            config.add_bar(0, M64, 0x2000).unwrap();
             TestFunction {
                 config,
                 writes: Vec::new(),
@@ -461,20 +435,24 @@ mod tests {
         }
         fn mmio_write(&mut self, bar: u8, offset: u64, data: &[u8]) -> Vec<InterruptRoute> {
             self.writes.push((bar, offset, data.to_vec()));
-            vec![InterruptRoute {
-                vector: 0,
-                message: Some(MsiMessage {
-                    address: offset,
-                    data: 1,
-                }),
-            }]
+            vec![route_to(offset)]
         }
         fn direct_ranges(&self, _bar: u8) -> Vec<BarRange> {
-            vec![BarRange {
-                offset: 0x1000,
-                size: 0x1000,
-            }]
+            vec![BarRange::new(0x1000, 0x1000)]
         }
+    }
+
+    /// Vector 0 routed to `address`, what a `TestFunction` BAR write returns.
+    fn route_to(address: u64) -> InterruptRoute {
+        let message = MsiMessage { address, data: 1 };
+        InterruptRoute {
+            vector: 0,
+            message: Some(message),
+        }
+    }
+
+    fn function(device_id: u16) -> Arc<Mutex<TestFunction>> {
+        Arc::new(Mutex::new(TestFunction::new(device_id)))
     }
 
     fn addr(bus: u8, device: u8, function: u8) -> PciAddress {
@@ -503,16 +481,8 @@ mod tests {
     fn ecam_decodes_to_functions_and_empty_slots_read_all_ones() {
         let (mut root, _) = root_with(0x10, 0x11);
         assert_eq!(root.ecam_size(), 2 << 20);
-        root.add_device(
-            addr(0x10, 3, 0),
-            Arc::new(Mutex::new(TestFunction::new(0xa))),
-        )
-        .unwrap();
-        root.add_device(
-            addr(0x11, 31, 7),
-            Arc::new(Mutex::new(TestFunction::new(0xb))),
-        )
-        .unwrap();
+        root.add_device(addr(0x10, 3, 0), function(0xa)).unwrap();
+        root.add_device(addr(0x11, 31, 7), function(0xb)).unwrap();
         assert_eq!(read32(&mut root, ecam(0, 3, 0, 0)), 0x000a_1234);
         assert_eq!(read32(&mut root, ecam(1, 31, 7, 0)), 0x000b_1234);
         let mut half = [0u8; 2];
@@ -559,8 +529,7 @@ mod tests {
     fn bar_programming_maps_and_unmaps_direct_ranges() {
         let (mut root, rec) = root_with(0, 0);
         let dev = addr(0, 1, 0);
-        root.add_device(dev, Arc::new(Mutex::new(TestFunction::new(1))))
-            .unwrap();
+        root.add_device(dev, function(1)).unwrap();
         let cfg = |reg| ecam(0, 1, 0, reg);
         root.write(cfg(0x10), &0x8000_0000u32.to_le_bytes());
         root.write(cfg(0x14), &0x1u32.to_le_bytes());
@@ -597,8 +566,7 @@ mod tests {
             ..Recorder::default()
         };
         let mut root = PciRoot::new(0, 0, Box::new(recorder.clone()));
-        root.add_device(addr(0, 1, 0), Arc::new(Mutex::new(TestFunction::new(1))))
-            .unwrap();
+        root.add_device(addr(0, 1, 0), function(1)).unwrap();
         root.write(ecam(0, 1, 0, 0x10), &0x8000_0000u32.to_le_bytes());
         root.write(ecam(0, 1, 0, 4), &[0x2]);
         assert!(recorder.take().is_empty());
@@ -612,7 +580,7 @@ mod tests {
         let (root, rec) = root_with(0, 0);
         let root = Arc::new(Mutex::new(root));
         let dev = addr(0, 2, 0);
-        let function = Arc::new(Mutex::new(TestFunction::new(1)));
+        let function = function(1);
         root.lock()
             .unwrap()
             .add_device(dev, function.clone())
@@ -636,19 +604,7 @@ mod tests {
             function.lock().unwrap().writes,
             [(0, 0x20, vec![1, 2, 3, 4])]
         );
-        assert_eq!(
-            rec.take(),
-            [Event::Routes(
-                dev,
-                vec![InterruptRoute {
-                    vector: 0,
-                    message: Some(MsiMessage {
-                        address: 0x20,
-                        data: 1
-                    })
-                }]
-            )]
-        );
+        assert_eq!(rec.take(), [Event::Routes(dev, vec![route_to(0x20)])]);
         // The I/O space does not see memory BARs.
         let mut io = PciWindow::new(root.clone(), 0x4000_0000, BarSpace::Io);
         io.read(0, &mut data);
@@ -666,15 +622,9 @@ mod tests {
     #[test]
     fn hostile_ecam_accesses_never_panic() {
         let (mut root, _) = root_with(0, 255);
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
         for _ in 0..20_000 {
-            let r = next();
+            let r = rng.next();
             let len = [0, 1, 2, 3, 4, 8][(r % 6) as usize];
             // Mostly slot 00.0's config space, sometimes anywhere.
             let offset = if r & 0x100 != 0 {

@@ -137,27 +137,17 @@ pub trait GuestMemoryAccess: Send {
 
 impl<M: GuestMemory + Send> GuestMemoryAccess for M {
     fn read(&self, address: u64, data: &mut [u8]) -> Result<(), GuestMemoryFault> {
-        let fault = GuestMemoryFault {
-            address,
-            len: data.len(),
-        };
-        if !GuestMemoryAccess::contains(self, address, data.len() as u64) {
-            return Err(fault);
-        }
-        self.read_slice(data, GuestAddress(address))
-            .map_err(|_| fault)
+        let len = data.len();
+        let done = GuestMemoryAccess::contains(self, address, len as u64)
+            && self.read_slice(data, GuestAddress(address)).is_ok();
+        done.then_some(()).ok_or(GuestMemoryFault { address, len })
     }
 
     fn write(&self, address: u64, data: &[u8]) -> Result<(), GuestMemoryFault> {
-        let fault = GuestMemoryFault {
-            address,
-            len: data.len(),
-        };
-        if !GuestMemoryAccess::contains(self, address, data.len() as u64) {
-            return Err(fault);
-        }
-        self.write_slice(data, GuestAddress(address))
-            .map_err(|_| fault)
+        let len = data.len();
+        let done = GuestMemoryAccess::contains(self, address, len as u64)
+            && self.write_slice(data, GuestAddress(address)).is_ok();
+        done.then_some(()).ok_or(GuestMemoryFault { address, len })
     }
 
     fn contains(&self, address: u64, len: u64) -> bool {

@@ -25,32 +25,6 @@ pub mod opcode {
     pub const RESUME: u8 = 0x44;
     pub const STALL_TERM: u8 = 0x45;
     pub const CMD_SYNC: u8 = 0x46;
-
-    /// The spec's name, for logs and stats.
-    pub fn name(op: u8) -> &'static str {
-        match op {
-            PREFETCH_CONFIG => "PREFETCH_CONFIG",
-            PREFETCH_ADDR => "PREFETCH_ADDR",
-            CFGI_STE => "CFGI_STE",
-            CFGI_STE_RANGE => "CFGI_STE_RANGE",
-            CFGI_CD => "CFGI_CD",
-            CFGI_CD_ALL => "CFGI_CD_ALL",
-            TLBI_NH_ALL => "TLBI_NH_ALL",
-            TLBI_NH_ASID => "TLBI_NH_ASID",
-            TLBI_NH_VA => "TLBI_NH_VA",
-            TLBI_NH_VAA => "TLBI_NH_VAA",
-            TLBI_EL2_ALL => "TLBI_EL2_ALL",
-            TLBI_EL2_ASID => "TLBI_EL2_ASID",
-            TLBI_EL2_VA => "TLBI_EL2_VA",
-            TLBI_EL2_VAA => "TLBI_EL2_VAA",
-            TLBI_NSNH_ALL => "TLBI_NSNH_ALL",
-            ATC_INV => "ATC_INV",
-            RESUME => "RESUME",
-            STALL_TERM => "STALL_TERM",
-            CMD_SYNC => "CMD_SYNC",
-            _ => "illegal",
-        }
-    }
 }
 
 pub const COMMAND_BYTES: u64 = 16;
@@ -117,12 +91,7 @@ impl Command {
             opcode::CFGI_STE => Command::CfgiSte { sid },
             opcode::CFGI_STE_RANGE => {
                 // Range n covers 2^(n+1) StreamIDs aligned to that size; 31 is all of them.
-                let span_bits = bits(w1, 4, 0) as u32 + 1;
-                let span_mask = if span_bits >= 32 {
-                    u32::MAX
-                } else {
-                    (1 << span_bits) - 1
-                };
+                let span_mask = u32::MAX >> (31 - bits(w1, 4, 0));
                 Command::CfgiSteRange {
                     first: sid & !span_mask,
                     last: sid | span_mask,

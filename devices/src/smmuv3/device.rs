@@ -47,7 +47,7 @@ pub struct SmmuStats {
 }
 
 /// The guest-programmed registers, already reduced to their implemented bits.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct Registers {
     cr0: Cr0,
     cr1: Cr1,
@@ -69,30 +69,6 @@ struct Registers {
     /// Pointer and OVACKFLG.
     eventq_cons: u32,
     eventq_irq: IrqCfg,
-}
-
-impl Default for Registers {
-    fn default() -> Self {
-        Registers {
-            cr0: Cr0::default(),
-            cr1: Cr1::default(),
-            cr2: Cr2::default(),
-            gbpa: Gbpa::RESET,
-            irq_ctrl: IrqCtrl::default(),
-            gerror: Gerror::default(),
-            gerrorn: Gerror::default(),
-            gerror_irq: IrqCfg::default(),
-            strtab_base: StrtabBase::default(),
-            strtab_base_cfg: StrtabBaseCfg::default(),
-            cmdq_base: QueueBase::default(),
-            cmdq_prod: 0,
-            cmdq_cons: 0,
-            eventq_base: QueueBase::default(),
-            eventq_prod: 0,
-            eventq_cons: 0,
-            eventq_irq: IrqCfg::default(),
-        }
-    }
 }
 
 /// One virtual SMMUv3. See the module documentation for how the VMM drives it.
@@ -143,11 +119,6 @@ impl Smmuv3 {
         self.streams.insert(sid, None);
         self.refresh_stream(sid, false);
         Ok(())
-    }
-
-    /// Forgets a StreamID (the device left, or the guest renumbered its bus).
-    pub fn remove_stream(&mut self, sid: u32) {
-        self.streams.remove(&sid);
     }
 
     /// Back to the reset state (a guest reboot); every stream follows GBPA again.
@@ -213,14 +184,8 @@ impl Smmuv3 {
 
     fn read32(&self, reg: u64) -> u32 {
         let r = &self.regs;
-        let high_half = reg & 4 != 0;
         if offset::REG64.contains(&(reg & !7)) {
-            let value = self.read64(reg & !7);
-            return if high_half {
-                (value >> 32) as u32
-            } else {
-                value as u32
-            };
+            return (self.read64(reg & !7) >> ((reg & 4) * 8)) as u32;
         }
         match reg {
             offset::IDR0..=offset::IDR5 => self.idr[(reg / 4) as usize],
@@ -367,18 +332,15 @@ impl Smmuv3 {
     }
 
     fn execute_at(&mut self, queue: &Queue, cons: u32) -> Result<(), CmdqError> {
-        let mut raw = [0u8; COMMAND_BYTES as usize];
+        let mut raw = [[0u8; 8]; 2];
         let fetched = queue
             .entry_address(cons)
-            .is_some_and(|address| self.memory.read(address, &mut raw).is_ok());
+            .is_some_and(|address| self.memory.read(address, raw.as_flattened_mut()).is_ok());
         if !fetched {
             debug!("vSMMU: command fetch at CONS {cons:#x} aborted");
             return Err(CmdqError::Abort);
         }
-        let words = [
-            u64::from_le_bytes(raw[..8].try_into().expect("8 bytes")),
-            u64::from_le_bytes(raw[8..].try_into().expect("8 bytes")),
-        ];
+        let words = raw.map(u64::from_le_bytes);
         *self
             .stats
             .commands
@@ -541,10 +503,10 @@ impl Smmuv3 {
                 overflow = true;
                 break;
             }
-            let bytes = Event(*event).to_bytes();
+            let bytes = event.map(u64::to_le_bytes);
             let stored = queue
                 .entry_address(prod)
-                .is_some_and(|address| self.memory.write(address, &bytes).is_ok());
+                .is_some_and(|address| self.memory.write(address, bytes.as_flattened()).is_ok());
             if !stored {
                 self.raise_gerror(Gerror::EVENTQ_ABT_ERR);
                 break;

@@ -6,18 +6,11 @@ use super::ste::StreamFault;
 
 pub const EVENT_BYTES: u64 = 32;
 
-/// Event type numbers (7.3, bits 7:0 of word 0).
+/// The event type numbers the model raises (7.3, bits 7:0 of word 0).
 pub mod event_id {
     pub const C_BAD_STREAMID: u8 = 0x02;
     pub const F_STE_FETCH: u8 = 0x03;
     pub const C_BAD_STE: u8 = 0x04;
-    pub const F_STREAM_DISABLED: u8 = 0x06;
-    pub const C_BAD_SUBSTREAMID: u8 = 0x08;
-    pub const C_BAD_CD: u8 = 0x0a;
-    pub const F_TRANSLATION: u8 = 0x10;
-    pub const F_ADDR_SIZE: u8 = 0x11;
-    pub const F_ACCESS: u8 = 0x12;
-    pub const F_PERMISSION: u8 = 0x13;
 }
 
 /// An event record as four little-endian words.
@@ -33,21 +26,5 @@ impl Event {
             StreamFault::BadSte(_) => (event_id::C_BAD_STE, 0),
         };
         Event([u64::from(id) | u64::from(sid) << 32, 0, 0, fetch_address])
-    }
-
-    pub fn id(&self) -> u8 {
-        self.0[0] as u8
-    }
-
-    pub fn stream_id(&self) -> u32 {
-        (self.0[0] >> 32) as u32
-    }
-
-    pub fn to_bytes(&self) -> [u8; EVENT_BYTES as usize] {
-        let mut out = [0u8; EVENT_BYTES as usize];
-        for (chunk, word) in out.chunks_exact_mut(8).zip(self.0) {
-            chunk.copy_from_slice(&word.to_le_bytes());
-        }
-        out
     }
 }

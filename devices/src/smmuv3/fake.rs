@@ -21,8 +21,6 @@ pub struct FakeBackendState {
     pub queued_events: VecDeque<EventBatch>,
     /// `set_stream` fails for stage-1 configs (an STE the host kernel rejects).
     pub refuse_stage1: bool,
-    /// `invalidate` applies at most this many commands.
-    pub invalidate_limit: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -50,11 +48,8 @@ impl SmmuBackend for FakeBackend {
     }
 
     fn invalidate(&mut self, batch: &[Invalidation]) -> Result<usize, BackendError> {
-        let mut state = self.state();
-        state.invalidate_calls.push(batch.to_vec());
-        Ok(state
-            .invalidate_limit
-            .map_or(batch.len(), |limit| limit.min(batch.len())))
+        self.state().invalidate_calls.push(batch.to_vec());
+        Ok(batch.len())
     }
 
     fn read_events(&mut self) -> Result<EventBatch, BackendError> {

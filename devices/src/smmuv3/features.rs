@@ -170,17 +170,17 @@ mod tests {
     #[test]
     fn unfit_host_smmus_say_why() {
         let refused = |idr, ram_end| SmmuFeatures::from_host(idr, 0, ram_end).unwrap_err();
-        let aarch32_only = with(0, 0b11 << 2, 0b01 << 2);
-        assert_eq!(
-            refused(aarch32_only, 1 << 30),
-            HostSmmuUnfit::NoAarch64Tables
-        );
-        let big = with(0, 0, 0b11 << 21);
-        assert_eq!(refused(big, 1 << 30), HostSmmuUnfit::BigEndianOnly);
-        assert_eq!(
-            refused(with(5, 7, 7), 1 << 30),
-            HostSmmuUnfit::UnknownOas(7)
-        );
+        for (idr, unfit) in [
+            (
+                with(0, 0b11 << 2, 0b01 << 2),
+                HostSmmuUnfit::NoAarch64Tables,
+            ),
+            (with(0, 0, 0b11 << 21), HostSmmuUnfit::BigEndianOnly),
+            (with(5, 7, 7), HostSmmuUnfit::UnknownOas(7)),
+            (with(5, 0x70, 0), HostSmmuUnfit::NoGranule),
+        ] {
+            assert_eq!(refused(idr, 1 << 30), unfit);
+        }
         let oas40 = with(5, 7, 2);
         assert!(SmmuFeatures::from_host(oas40, 0, 1 << 40).is_ok());
         let e = refused(oas40, (1 << 40) + 1);
@@ -188,7 +188,6 @@ mod tests {
             e.to_string(),
             "guest RAM ends at 0x10000000001, beyond its 40-bit output addresses"
         );
-        assert_eq!(refused(with(5, 0x70, 0), 1 << 30), HostSmmuUnfit::NoGranule);
     }
 
     #[test]

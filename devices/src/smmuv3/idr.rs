@@ -143,13 +143,13 @@ mod tests {
         let idr0 = Idr0(0x0948_301a);
         assert!(idr0.s1p() && idr0.cohacc() && idr0.asid16() && idr0.msi() && idr0.cd2l());
         assert_eq!(
-            (
+            [
                 idr0.ttf(),
                 idr0.ttendian(),
                 idr0.stall_model(),
                 idr0.st_level()
-            ),
-            (0b10, 0b10, 1, 1)
+            ],
+            [0b10, 0b10, 1, 1]
         );
         assert_eq!(Idr0::default().with_st_level(1).0, 1 << 27);
         // A too-wide value is truncated to the field, neighbours untouched.
@@ -157,28 +157,20 @@ mod tests {
         assert_eq!(Idr0(0xffff_ffff).with_cd2l(false).0, !(1 << 19));
         let idr1 = Idr1(0x018a_0150);
         assert_eq!(
-            (
+            [
                 idr1.sidsize(),
                 idr1.ssidsize(),
                 idr1.eventqs(),
                 idr1.cmdqs()
-            ),
-            (16, 5, 10, 12)
+            ],
+            [16, 5, 10, 12]
         );
         assert!(Idr3(0x400).ril() && !Idr3(0x800).ril());
     }
 
     #[test]
     fn one_oas_table_decodes_and_encodes() {
-        for (encoding, bits) in [
-            (0, 32),
-            (1, 36),
-            (2, 40),
-            (3, 42),
-            (4, 44),
-            (5, 48),
-            (6, 52),
-        ] {
+        for (encoding, bits) in (0..).zip([32, 36, 40, 42, 44, 48, 52]) {
             assert_eq!(Idr5(encoding).oas_bits(), Some(bits));
             assert_eq!(Idr5(0x70).with_oas_bits(bits), Some(Idr5(0x70 | encoding)));
         }

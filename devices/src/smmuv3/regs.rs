@@ -12,9 +12,7 @@ pub const MMIO_SIZE: u64 = 2 * PAGE_SIZE;
 pub mod offset {
     pub const IDR0: u64 = 0x00;
     pub const IDR1: u64 = 0x04;
-    pub const IDR2: u64 = 0x08;
     pub const IDR3: u64 = 0x0c;
-    pub const IDR4: u64 = 0x10;
     pub const IDR5: u64 = 0x14;
     pub const IIDR: u64 = 0x18;
     pub const AIDR: u64 = 0x1c;
@@ -22,9 +20,7 @@ pub mod offset {
     pub const CR0ACK: u64 = 0x24;
     pub const CR1: u64 = 0x28;
     pub const CR2: u64 = 0x2c;
-    pub const STATUSR: u64 = 0x40;
     pub const GBPA: u64 = 0x44;
-    pub const AGBPA: u64 = 0x48;
     pub const IRQ_CTRL: u64 = 0x50;
     pub const IRQ_CTRLACK: u64 = 0x54;
     pub const GERROR: u64 = 0x60;
@@ -77,7 +73,6 @@ pub struct Cr0(pub u32);
 
 impl Cr0 {
     pub const SMMUEN: u32 = 1 << 0;
-    pub const PRIQEN: u32 = 1 << 1;
     pub const EVENTQEN: u32 = 1 << 2;
     pub const CMDQEN: u32 = 1 << 3;
     /// What the model implements; the rest is RES0 (no PRI queue, no ATS check, no VMW).
@@ -124,13 +119,18 @@ impl Cr2 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gbpa(pub u32);
 
+impl Default for Gbpa {
+    /// Reset: bypass, SHCFG = use incoming.
+    fn default() -> Self {
+        Gbpa(1 << 12)
+    }
+}
+
 impl Gbpa {
     pub const UPDATE: u32 = 1 << 31;
     pub const ABORT: u32 = 1 << 20;
     /// ABORT, INSTCFG, PRIVCFG, SHCFG, ALLOCCFG, MTCFG, MEMATTR.
     const FIELDS: u32 = (1 << 20) | (0xf << 16) | (0x3 << 12) | (0xf << 8) | (1 << 4) | 0xf;
-    /// Reset: bypass, SHCFG = use incoming.
-    pub const RESET: Gbpa = Gbpa(1 << 12);
 
     /// The fields of a guest write (without UPDATE).
     pub fn from_guest(value: u32) -> Self {
@@ -150,7 +150,6 @@ pub struct IrqCtrl(pub u32);
 
 impl IrqCtrl {
     pub const GERROR_IRQEN: u32 = 1 << 0;
-    pub const PRIQ_IRQEN: u32 = 1 << 1;
     pub const EVENTQ_IRQEN: u32 = 1 << 2;
 
     pub fn from_guest(value: u32) -> Self {
@@ -171,12 +170,9 @@ pub struct Gerror(pub u32);
 impl Gerror {
     pub const CMDQ_ERR: u32 = 1 << 0;
     pub const EVENTQ_ABT_ERR: u32 = 1 << 2;
-    pub const PRIQ_ABT_ERR: u32 = 1 << 3;
     pub const MSI_CMDQ_ABT_ERR: u32 = 1 << 4;
     pub const MSI_EVENTQ_ABT_ERR: u32 = 1 << 5;
-    pub const MSI_PRIQ_ABT_ERR: u32 = 1 << 6;
     pub const MSI_GERROR_ABT_ERR: u32 = 1 << 7;
-    pub const SFM_ERR: u32 = 1 << 8;
     pub const ALL: u32 = 0x1fd;
 
     pub fn from_guest(value: u32) -> Self {
@@ -222,14 +218,6 @@ impl StrtabBase {
     }
 }
 
-/// SMMU_STRTAB_BASE_CFG.FMT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StrtabFormat {
-    Linear,
-    TwoLevel,
-    Reserved,
-}
-
 /// SMMU_STRTAB_BASE_CFG (6.3.24).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StrtabBaseCfg(pub u32);
@@ -238,12 +226,9 @@ impl StrtabBaseCfg {
     pub fn from_guest(value: u32) -> Self {
         StrtabBaseCfg(value & (mask(17, 16) | mask(10, 6) | mask(5, 0)) as u32)
     }
-    pub fn format(self) -> StrtabFormat {
-        match bits(self.0.into(), 17, 16) {
-            0 => StrtabFormat::Linear,
-            1 => StrtabFormat::TwoLevel,
-            _ => StrtabFormat::Reserved,
-        }
+    /// FMT: 0 linear, 1 2-level, the rest reserved.
+    pub fn format(self) -> u8 {
+        bits(self.0.into(), 17, 16) as u8
     }
     pub fn split(self) -> u8 {
         bits(self.0.into(), 10, 6) as u8
@@ -272,17 +257,15 @@ impl QueueBase {
     }
 }
 
-/// SMMU_CMDQ_CONS.ERR (6.3.27): why the command queue stopped.
+/// SMMU_CMDQ_CONS.ERR (6.3.27): why the command queue stopped (0: it did not; no ATS, so no
+/// CERROR_ATC_INV_SYNC).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum CmdqError {
-    None = 0,
     /// CERROR_ILL: an illegal or unsupported command.
     Illegal = 1,
     /// CERROR_ABT: the command could not be fetched.
     Abort = 2,
-    /// CERROR_ATC_INV_SYNC: an ATC invalidation did not complete.
-    AtcInvSync = 3,
 }
 
 impl CmdqError {

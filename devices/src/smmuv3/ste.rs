@@ -4,7 +4,7 @@
 use super::SmmuFeatures;
 use super::backend::{GuestMemoryAccess, StreamConfig};
 use super::cd::cd_table_bytes;
-use super::regs::{StrtabBase, StrtabBaseCfg, StrtabFormat, bits, mask, place};
+use super::regs::{StrtabBase, StrtabBaseCfg, bits, mask, place};
 
 pub const STE_BYTES: u64 = 64;
 const L1_DESCRIPTOR_BYTES: u64 = 8;
@@ -45,8 +45,8 @@ enum StreamTableFormat {
 impl StreamTable {
     pub fn new(base: StrtabBase, cfg: StrtabBaseCfg, features: &SmmuFeatures) -> Self {
         let format = match cfg.format() {
-            StrtabFormat::Linear => StreamTableFormat::Linear,
-            StrtabFormat::TwoLevel if features.two_level_stream_table => match cfg.split() {
+            0 => StreamTableFormat::Linear,
+            1 if features.two_level_stream_table => match cfg.split() {
                 split @ (6 | 8 | 10) => StreamTableFormat::TwoLevel { split },
                 _ => StreamTableFormat::Invalid,
             },
@@ -78,7 +78,8 @@ impl StreamTable {
                     .base
                     .checked_add((u64::from(sid) >> split) * L1_DESCRIPTOR_BYTES)
                     .ok_or(StreamFault::Fetch(self.base))?;
-                let l1 = L1StreamDescriptor(read_u64(memory, l1_address)?);
+                let [l1] = read_words(memory, l1_address)?;
+                let l1 = L1StreamDescriptor(l1);
                 let Some(entries) = l1.entries(split) else {
                     return Ok(None);
                 };
@@ -90,24 +91,21 @@ impl StreamTable {
             }
         };
         let ste_address = ste_address.ok_or(StreamFault::Fetch(self.base))?;
-        let mut raw = [0u8; STE_BYTES as usize];
-        memory
-            .read(ste_address, &mut raw)
-            .map_err(|_| StreamFault::Fetch(ste_address))?;
-        let mut words = [0u64; 8];
-        for (word, chunk) in words.iter_mut().zip(raw.chunks_exact(8)) {
-            *word = u64::from_le_bytes(chunk.try_into().expect("8-byte chunk"));
-        }
+        let words: [u64; 8] = read_words(memory, ste_address)?;
         Ok((words[0] & Ste::V != 0).then_some(words))
     }
 }
 
-fn read_u64(memory: &dyn GuestMemoryAccess, address: u64) -> Result<u64, StreamFault> {
-    let mut raw = [0u8; 8];
+/// `N` little-endian words of guest memory at `address`.
+fn read_words<const N: usize>(
+    memory: &dyn GuestMemoryAccess,
+    address: u64,
+) -> Result<[u64; N], StreamFault> {
+    let mut raw = [[0u8; 8]; N];
     memory
-        .read(address, &mut raw)
+        .read(address, raw.as_flattened_mut())
         .map_err(|_| StreamFault::Fetch(address))?;
-    Ok(u64::from_le_bytes(raw))
+    Ok(raw.map(u64::from_le_bytes))
 }
 
 /// A level-1 stream table descriptor (5.1).
@@ -127,30 +125,30 @@ impl L1StreamDescriptor {
     }
 }
 
-/// STE.Config (5.2).
+/// STE.Config (5.2), with its encoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SteConfig {
-    Abort,
-    Bypass,
-    Stage1,
+    Abort = 0b000,
+    Bypass = 0b100,
+    Stage1 = 0b101,
 }
 
 /// STE.S1Fmt: the context descriptor table's layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CdTableFormat {
-    Linear,
+    Linear = 0,
     /// 2-level with 4 KiB level-2 tables (64 CDs each).
-    TwoLevel4K,
+    TwoLevel4K = 1,
     /// 2-level with 64 KiB level-2 tables (1024 CDs each).
-    TwoLevel64K,
+    TwoLevel64K = 2,
 }
 
 /// STE.S1DSS: what a transaction without a SubstreamID does when S1CDMax != 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DefaultSubstream {
-    Terminate,
-    Bypass,
-    Substream0,
+    Terminate = 0,
+    Bypass = 1,
+    Substream0 = 2,
 }
 
 /// A valid STE the model accepts (V = 1), parsed from the guest's words.
@@ -254,27 +252,12 @@ impl Ste {
 
     /// The canonical STE: words 0 and 1 re-encoded from the validated fields only.
     pub fn nested(&self) -> NestedSte {
-        let config = match self.config {
-            SteConfig::Abort => 0b000,
-            SteConfig::Bypass => 0b100,
-            SteConfig::Stage1 => 0b101,
-        };
-        let s1_format = match self.s1_format {
-            CdTableFormat::Linear => 0,
-            CdTableFormat::TwoLevel4K => 1,
-            CdTableFormat::TwoLevel64K => 2,
-        };
-        let s1_dss = match self.s1_dss {
-            DefaultSubstream::Terminate => 0,
-            DefaultSubstream::Bypass => 1,
-            DefaultSubstream::Substream0 => 2,
-        };
         let w0 = Self::V
-            | place(config, 3, 1)
-            | place(s1_format, 5, 4)
+            | place(self.config as u64, 3, 1)
+            | place(self.s1_format as u64, 5, 4)
             | self.s1_context_ptr
             | place(self.s1_cd_max.into(), 63, 59);
-        let w1 = place(s1_dss, 1, 0)
+        let w1 = place(self.s1_dss as u64, 1, 0)
             | place(self.s1_cir.into(), 3, 2)
             | place(self.s1_cor.into(), 5, 4)
             | place(self.s1_csh.into(), 7, 6)

@@ -7,11 +7,12 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::cd::{ContextDescriptor, cd_address};
 use super::command::{Command, opcode};
 use super::fake::{FakeBackend, FakeInterrupts};
-use super::regs::offset;
+use super::regs::offset::*;
 use super::ste::{CdTableFormat, DefaultSubstream, Ste, SteConfig};
 use super::*;
 use crate::bus::BusDevice;
 use crate::pci::MsiMessage;
+use crate::testutil::XorShift;
 
 const RAM: u64 = 0x8000_0000;
 const RAM_SIZE: usize = 0x40_0000;
@@ -73,6 +74,16 @@ impl Harness {
         }
     }
 
+    /// Booted, with devices behind `streams`.
+    fn booted(streams: &[u32]) -> Self {
+        let mut h = Harness::new(features());
+        for &sid in streams {
+            h.dev.add_stream(sid).unwrap();
+        }
+        h.boot();
+        h
+    }
+
     fn w32(&mut self, off: u64, value: u32) {
         self.dev.write(off, &value.to_le_bytes());
     }
@@ -102,22 +113,22 @@ impl Harness {
 
     /// Linux's arm_smmu_device_reset with a linear stream table of 2^8 entries.
     fn boot(&mut self) {
-        self.w32(offset::CR0, 0);
-        self.w32(offset::CR1, 0xd75);
-        self.w32(offset::CR2, 0x6);
-        self.w64(offset::STRTAB_BASE, STRTAB | 1 << 62);
-        self.w32(offset::STRTAB_BASE_CFG, 8);
-        self.w64(offset::CMDQ_BASE, CMDQ | 1 << 62 | u64::from(CMDQ_LOG2));
-        self.w32(offset::CMDQ_PROD, 0);
-        self.w32(offset::CMDQ_CONS, 0);
-        self.w32(offset::CR0, 0x8);
-        self.w64(offset::EVENTQ_BASE, EVTQ | 1 << 62 | u64::from(EVTQ_LOG2));
+        self.w32(CR0, 0);
+        self.w32(CR1, 0xd75);
+        self.w32(CR2, 0x6);
+        self.w64(STRTAB_BASE, STRTAB | 1 << 62);
+        self.w32(STRTAB_BASE_CFG, 8);
+        self.w64(CMDQ_BASE, CMDQ | 1 << 62 | u64::from(CMDQ_LOG2));
+        self.w32(CMDQ_PROD, 0);
+        self.w32(CMDQ_CONS, 0);
+        self.w32(CR0, 0x8);
+        self.w64(EVENTQ_BASE, EVTQ | 1 << 62 | u64::from(EVTQ_LOG2));
         self.w32(0x1_00a8, 0);
         self.w32(0x1_00ac, 0);
-        self.w32(offset::CR0, 0xc);
-        self.w32(offset::IRQ_CTRL, 0x5);
-        self.w32(offset::CR0, 0xd);
-        assert_eq!(self.r32(offset::CR0ACK), 0xd);
+        self.w32(CR0, 0xc);
+        self.w32(IRQ_CTRL, 0x5);
+        self.w32(CR0, 0xd);
+        assert_eq!(self.r32(CR0ACK), 0xd);
     }
 
     /// Writes commands at PROD and publishes them with one CMDQ_PROD write.
@@ -129,7 +140,7 @@ impl Harness {
             self.prod = (self.prod + 1) & (2 * entries - 1);
         }
         let prod = self.prod;
-        self.w32(offset::CMDQ_PROD, prod);
+        self.w32(CMDQ_PROD, prod);
     }
 
     /// The raw entries of every `invalidate` call, one list per call.
@@ -139,6 +150,13 @@ impl Harness {
         state.invalidate_calls.iter().map(raw).collect()
     }
 
+    /// Queues a batch for the backend's next `read_events`.
+    fn host_events(&self, events: impl IntoIterator<Item = [u64; 4]>, lost: bool) {
+        let events = events.into_iter().collect();
+        let batch = EventBatch { events, lost };
+        self.backend.state().queued_events.push_back(batch);
+    }
+
     fn events(&self, from: u32, count: u32) -> Vec<[u64; 4]> {
         (from..from + count)
             .map(|i| {
@@ -146,6 +164,13 @@ impl Harness {
                 [0, 8, 16, 24].map(|o| self.mem_u64(at + o))
             })
             .collect()
+    }
+}
+
+fn doorbell(data: u32) -> MsiMessage {
+    MsiMessage {
+        address: DOORBELL,
+        data,
     }
 }
 
@@ -189,8 +214,8 @@ fn id_registers_follow_features() {
     let mut h = Harness::new(features());
     let idr: Vec<u32> = (0..6).map(|i| h.r32(4 * i)).collect();
     assert_eq!(idr, [0x0948_301a, 0x018a_0150, 0, 0x400, 0, 0x55]);
-    assert_eq!(h.r32(offset::IIDR), 0);
-    assert_eq!(h.r32(offset::AIDR), 0x02);
+    assert_eq!(h.r32(IIDR), 0);
+    assert_eq!(h.r32(AIDR), 0x02);
 
     let mut h = Harness::new(SmmuFeatures {
         two_level_stream_table: false,
@@ -208,40 +233,26 @@ fn id_registers_follow_features() {
     });
     let idr: Vec<u32> = (0..6).map(|i| h.r32(4 * i)).collect();
     assert_eq!(idr, [0x0040_201a, 0x018a_0008, 0, 0, 0, 0x32]);
-    assert_eq!(h.r32(offset::AIDR), 0x01);
+    assert_eq!(h.r32(AIDR), 0x01);
     // Reset state: everything off, GBPA bypass with SHCFG incoming.
-    for reg in [
-        offset::CR0,
-        offset::CR0ACK,
-        offset::IRQ_CTRLACK,
-        offset::GERROR,
-    ] {
+    for reg in [CR0, CR0ACK, IRQ_CTRLACK, GERROR] {
         assert_eq!(h.r32(reg), 0);
     }
-    assert_eq!(h.r32(offset::GBPA), 0x1000);
+    assert_eq!(h.r32(GBPA), 0x1000);
     // 64-bit reads of ID pairs, and odd widths read zero.
-    assert_eq!(h.r64(offset::IDR0), 0x018a_0008_0040_201a);
+    assert_eq!(h.r64(IDR0), 0x018a_0008_0040_201a);
     let mut byte = [0xffu8; 1];
-    h.dev.read(offset::IDR0, &mut byte);
+    h.dev.read(IDR0, &mut byte);
     assert_eq!(byte, [0]);
 
+    let f = features();
     for bad in [
+        SmmuFeatures { sid_bits: 33, ..f },
+        SmmuFeatures { ssid_bits: 21, ..f },
+        SmmuFeatures { oas_bits: 47, ..f },
         SmmuFeatures {
-            sid_bits: 33,
-            ..features()
-        },
-        SmmuFeatures {
-            ssid_bits: 21,
-            ..features()
-        },
-        SmmuFeatures {
-            oas_bits: 47,
-            ..features()
-        },
-        SmmuFeatures {
-            repeat_tlbi_cfgi: false,
             stall_model: 3,
-            ..features()
+            ..f
         },
     ] {
         assert!(bad.id_registers().is_err(), "{bad:?}");
@@ -251,25 +262,25 @@ fn id_registers_follow_features() {
 #[test]
 fn cr0_and_irq_ctrl_acknowledge_implemented_bits() {
     let mut h = Harness::new(features());
-    h.w32(offset::CR0, 0xffff_ffff);
-    assert_eq!(h.r32(offset::CR0), 0xd);
-    assert_eq!(h.r32(offset::CR0ACK), 0xd);
-    h.w32(offset::CR0, 0x8);
-    assert_eq!(h.r32(offset::CR0ACK), 0x8);
-    h.w32(offset::IRQ_CTRL, 0x7);
-    assert_eq!(h.r32(offset::IRQ_CTRLACK), 0x5);
-    h.w32(offset::CR1, 0xffff_ffff);
-    assert_eq!(h.r32(offset::CR1), 0xfff);
+    h.w32(CR0, 0xffff_ffff);
+    assert_eq!(h.r32(CR0), 0xd);
+    assert_eq!(h.r32(CR0ACK), 0xd);
+    h.w32(CR0, 0x8);
+    assert_eq!(h.r32(CR0ACK), 0x8);
+    h.w32(IRQ_CTRL, 0x7);
+    assert_eq!(h.r32(IRQ_CTRLACK), 0x5);
+    h.w32(CR1, 0xffff_ffff);
+    assert_eq!(h.r32(CR1), 0xfff);
     // Queue bases are frozen while their queue is enabled.
-    h.w64(offset::CMDQ_BASE, CMDQ | 5);
-    assert_eq!(h.r64(offset::CMDQ_BASE), 0);
-    h.w32(offset::CR0, 0);
-    h.w64(offset::CMDQ_BASE, CMDQ | 5);
-    assert_eq!(h.r64(offset::CMDQ_BASE), CMDQ | 5);
+    h.w64(CMDQ_BASE, CMDQ | 5);
+    assert_eq!(h.r64(CMDQ_BASE), 0);
+    h.w32(CR0, 0);
+    h.w64(CMDQ_BASE, CMDQ | 5);
+    assert_eq!(h.r64(CMDQ_BASE), CMDQ | 5);
     // 32-bit halves of a 64-bit register.
-    h.w32(offset::EVENTQ_BASE, 0x1234_5678);
-    h.w32(offset::EVENTQ_BASE + 4, 0x4000_0001);
-    assert_eq!(h.r64(offset::EVENTQ_BASE), 0x4000_0001_1234_5660 | 0x18);
+    h.w32(EVENTQ_BASE, 0x1234_5678);
+    h.w32(EVENTQ_BASE + 4, 0x4000_0001);
+    assert_eq!(h.r64(EVENTQ_BASE), 0x4000_0001_1234_5660 | 0x18);
 }
 
 #[test]
@@ -281,10 +292,10 @@ fn gbpa_update_decides_streams_while_disabled() {
         [(0x10, StreamConfig::Bypass)]
     );
     // Without UPDATE the write is ignored.
-    h.w32(offset::GBPA, 1 << 20);
-    assert_eq!(h.r32(offset::GBPA), 0x1000);
-    h.w32(offset::GBPA, 1 << 31 | 1 << 20);
-    assert_eq!(h.r32(offset::GBPA), 1 << 20);
+    h.w32(GBPA, 1 << 20);
+    assert_eq!(h.r32(GBPA), 0x1000);
+    h.w32(GBPA, 1 << 31 | 1 << 20);
+    assert_eq!(h.r32(GBPA), 1 << 20);
     assert_eq!(
         h.backend.state().stream_calls[1..],
         [(0x10, StreamConfig::Abort)]
@@ -300,9 +311,7 @@ fn gbpa_update_decides_streams_while_disabled() {
 
 #[test]
 fn linear_stream_table_gives_masked_stage1() {
-    let mut h = Harness::new(features());
-    h.dev.add_stream(0x10).unwrap();
-    h.boot();
+    let mut h = Harness::booted(&[0x10]);
     // Enabling the SMMU re-reads the (still empty) STE: abort, without an event.
     assert_eq!(
         h.backend.state().stream_calls,
@@ -314,7 +323,7 @@ fn linear_stream_table_gives_masked_stage1() {
         h.backend.state().stream_calls[2..],
         [(0x10, StreamConfig::Stage1(s1_nested(3)))]
     );
-    assert_eq!(h.r32(offset::CMDQ_CONS), 2);
+    assert_eq!(h.r32(CMDQ_CONS), 2);
     assert!(h.invalidations().is_empty());
     // A StreamID nobody registered costs nothing.
     h.commands(&[cfgi_ste(0x11), sync()]);
@@ -347,9 +356,7 @@ fn nested_ste_keeps_only_what_iommufd_takes() {
 
 #[test]
 fn unchanged_ste_is_not_reinstalled_but_its_cds_are_invalidated() {
-    let mut h = Harness::new(features());
-    h.dev.add_stream(0x10).unwrap();
-    h.boot();
+    let mut h = Harness::booted(&[0x10]);
     h.set_mem(STRTAB + 0x10 * 64, &s1_ste(0));
     h.commands(&[cfgi_ste(0x10), sync()]);
     h.commands(&[cfgi_ste(0x10), sync()]);
@@ -359,22 +366,18 @@ fn unchanged_ste_is_not_reinstalled_but_its_cds_are_invalidated() {
 
 #[test]
 fn two_level_stream_table_walk() {
-    let mut h = Harness::new(features());
-    for sid in [0x100, 0x105, 0x205, 0x1ff] {
-        h.dev.add_stream(sid).unwrap();
-    }
-    h.boot();
+    let mut h = Harness::booted(&[0x100, 0x105, 0x205, 0x1ff]);
     // The boot table's 2^8 StreamIDs do not reach them.
     assert_eq!(h.r32(0x1_00a8), 4);
     assert_eq!(h.events(0, 1)[0][0], 0x02 | 0x100 << 32);
     // 2-level, SPLIT 8, 2^16 StreamIDs.
-    h.w32(offset::CR0, 0xc);
-    h.w32(offset::STRTAB_BASE_CFG, 1 << 16 | 8 << 6 | 16);
+    h.w32(CR0, 0xc);
+    h.w32(STRTAB_BASE_CFG, 1 << 16 | 8 << 6 | 16);
     let l2 = STRTAB + 0x1_0000;
     h.set_mem(STRTAB + 8, &[l2 | 9]); // L1[1]: 256 STEs
     h.set_mem(STRTAB + 16, &[0]); // L1[2]: invalid
     h.set_mem(l2 + 5 * 64, &s1_ste(0));
-    h.w32(offset::CR0, 0xd);
+    h.w32(CR0, 0xd);
     let calls = h.backend.state().stream_calls.clone();
     assert!(calls.contains(&(0x105, StreamConfig::Stage1(s1_nested(0)))));
     assert!(calls.contains(&(0x205, StreamConfig::Abort)));
@@ -398,9 +401,7 @@ fn two_level_stream_table_walk() {
 
 #[test]
 fn invalid_stes_raise_c_bad_ste() {
-    let mut h = Harness::new(features());
-    h.dev.add_stream(0x20).unwrap();
-    h.boot();
+    let mut h = Harness::booted(&[0x20]);
     let base = s1_ste(0);
     let cases: [[u64; 8]; 5] = [
         [(base[0] & !0xe) | 0b110 << 1, base[1], 0, 0, 0, 0, 0, 0], // stage 2
@@ -432,14 +433,12 @@ fn invalid_stes_raise_c_bad_ste() {
 
 #[test]
 fn bad_stream_ids_and_unreachable_tables_raise_events() {
-    let mut h = Harness::new(features());
-    h.dev.add_stream(0x300).unwrap(); // beyond the 2^8 linear table
-    h.boot();
+    let mut h = Harness::booted(&[0x300]); // beyond the 2^8 linear table
     assert_eq!(h.events(0, 1)[0][0], 0x02 | 0x300 << 32);
-    h.w32(offset::CR0, 0xc);
-    h.w64(offset::STRTAB_BASE, 0x1000);
-    h.w32(offset::STRTAB_BASE_CFG, 10);
-    h.w32(offset::CR0, 0xd);
+    h.w32(CR0, 0xc);
+    h.w64(STRTAB_BASE, 0x1000);
+    h.w32(STRTAB_BASE_CFG, 10);
+    h.w32(CR0, 0xd);
     let event = h.events(1, 1)[0];
     assert_eq!(event[0], 0x03 | 0x300 << 32);
     assert_eq!(event[3], 0x1000 + 0x300 * 64);
@@ -451,9 +450,7 @@ fn bad_stream_ids_and_unreachable_tables_raise_events() {
 
 #[test]
 fn host_refusal_aborts_the_stream() {
-    let mut h = Harness::new(features());
-    h.dev.add_stream(0x10).unwrap();
-    h.boot();
+    let mut h = Harness::booted(&[0x10]);
     h.backend.state().refuse_stage1 = true;
     h.set_mem(STRTAB + 0x10 * 64, &s1_ste(0));
     h.commands(&[cfgi_ste(0x10), sync()]);
@@ -470,8 +467,7 @@ fn host_refusal_aborts_the_stream() {
 
 #[test]
 fn invalidations_are_batched_per_sync() {
-    let mut h = Harness::new(features());
-    h.boot();
+    let mut h = Harness::booted(&[]);
     let burst = [
         tlbi_nh_va(7, 0x4000),
         tlbi_nh_asid(7),
@@ -546,7 +542,7 @@ fn invalidations_are_batched_per_sync() {
     assert_eq!(stats.commands[&opcode::TLBI_NH_ASID], 4);
     assert_eq!(stats.commands[&opcode::TLBI_EL2_ALL], 1);
     assert_eq!(stats.commands[&opcode::CMD_SYNC], 4);
-    assert_eq!(h.r32(offset::CMDQ_CONS), h.prod);
+    assert_eq!(h.r32(CMDQ_CONS), h.prod);
 }
 
 #[test]
@@ -606,8 +602,7 @@ fn invalidation_commands_decode_their_operands() {
 
 #[test]
 fn cmd_sync_completion_signals() {
-    let mut h = Harness::new(features());
-    h.boot();
+    let mut h = Harness::booted(&[]);
     // Linux's MSI polling: MSIADDR = the CMD_SYNC's own slot, MSIDATA 0.
     let slot = CMDQ + 16 * u64::from(h.prod);
     h.commands(&[[0x46 | 1 << 12 | 3 << 22 | 0xf << 24, slot]]);
@@ -620,37 +615,30 @@ fn cmd_sync_completion_signals() {
     assert_eq!(h.irqs.state().triggered, [SmmuIrq::Sync]);
     // The ITS doorbell.
     h.commands(&[[0x46 | 1 << 12 | 0x55 << 32, DOORBELL]]);
-    assert_eq!(
-        h.irqs.state().msis,
-        [MsiMessage {
-            address: DOORBELL,
-            data: 0x55
-        }]
-    );
+    assert_eq!(h.irqs.state().msis, [doorbell(0x55)]);
     // Nowhere: GERROR.MSI_CMDQ_ABT_ERR, the queue keeps going.
     h.commands(&[[0x46 | 1 << 12, 0x10_0000], sync()]);
-    assert_eq!(h.r32(offset::GERROR), 1 << 4);
-    assert_eq!(h.r32(offset::CMDQ_CONS), h.prod);
+    assert_eq!(h.r32(GERROR), 1 << 4);
+    assert_eq!(h.r32(CMDQ_CONS), h.prod);
 }
 
 #[test]
 fn illegal_command_stops_the_queue_until_acknowledged() {
-    let mut h = Harness::new(features());
-    h.boot();
+    let mut h = Harness::booted(&[]);
     h.commands(&[tlbi_nh_asid(1), [0x7f, 0], tlbi_nh_asid(2), sync()]);
-    assert_eq!(h.r32(offset::GERROR), 1);
-    assert_eq!(h.r32(offset::GERRORN), 0);
-    assert_eq!(h.r32(offset::CMDQ_CONS), 1 << 24 | 1);
+    assert_eq!(h.r32(GERROR), 1);
+    assert_eq!(h.r32(GERRORN), 0);
+    assert_eq!(h.r32(CMDQ_CONS), 1 << 24 | 1);
     assert_eq!(h.irqs.state().triggered, [SmmuIrq::Gerror]);
     // What came before the error was applied; nothing after it.
     assert_eq!(h.invalidations(), [vec![tlbi_nh_asid(1)]]);
     // More PROD writes do not move a stopped queue.
     h.commands(&[tlbi_nh_asid(3)]);
-    assert_eq!(h.r32(offset::CMDQ_CONS), 1 << 24 | 1);
+    assert_eq!(h.r32(CMDQ_CONS), 1 << 24 | 1);
     // Linux: turn the bad entry into a CMD_SYNC, then GERRORN = GERROR.
     h.set_mem(CMDQ + 16, &sync());
-    h.w32(offset::GERRORN, 1);
-    assert_eq!(h.r32(offset::CMDQ_CONS), 5);
+    h.w32(GERRORN, 1);
+    assert_eq!(h.r32(CMDQ_CONS), 5);
     assert_eq!(
         h.invalidations()[1..],
         [vec![tlbi_nh_asid(2)], vec![tlbi_nh_asid(3)]]
@@ -660,22 +648,21 @@ fn illegal_command_stops_the_queue_until_acknowledged() {
 
     // A reserved CMD_SYNC.CS is illegal too.
     h.commands(&[[0x46 | 3 << 12, 0]]);
-    assert_eq!(h.r32(offset::CMDQ_CONS), 1 << 24 | 5);
-    assert_eq!(h.r32(offset::GERROR) ^ h.r32(offset::GERRORN), 1);
+    assert_eq!(h.r32(CMDQ_CONS), 1 << 24 | 5);
+    assert_eq!(h.r32(GERROR) ^ h.r32(GERRORN), 1);
 }
 
 #[test]
 fn command_fetch_outside_ram_is_cerror_abt() {
-    let mut h = Harness::new(features());
-    h.boot();
-    h.w32(offset::CR0, 0x5);
-    h.w64(offset::CMDQ_BASE, 0x1000 | 4);
-    h.w32(offset::CMDQ_PROD, 0);
-    h.w32(offset::CMDQ_CONS, 0);
-    h.w32(offset::CR0, 0xd);
-    h.w32(offset::CMDQ_PROD, 3);
-    assert_eq!(h.r32(offset::CMDQ_CONS), 2 << 24);
-    assert_eq!(h.r32(offset::GERROR), 1);
+    let mut h = Harness::booted(&[]);
+    h.w32(CR0, 0x5);
+    h.w64(CMDQ_BASE, 0x1000 | 4);
+    h.w32(CMDQ_PROD, 0);
+    h.w32(CMDQ_CONS, 0);
+    h.w32(CR0, 0xd);
+    h.w32(CMDQ_PROD, 3);
+    assert_eq!(h.r32(CMDQ_CONS), 2 << 24);
+    assert_eq!(h.r32(GERROR), 1);
 }
 
 fn host_event(n: u64) -> [u64; 4] {
@@ -684,29 +671,18 @@ fn host_event(n: u64) -> [u64; 4] {
 
 #[test]
 fn event_queue_wraps_and_overflows() {
-    let mut h = Harness::new(features());
-    h.boot();
-    let batch = |events: Vec<[u64; 4]>, lost| EventBatch { events, lost };
-    {
-        let mut state = h.backend.state();
-        state
-            .queued_events
-            .push_back(batch((0..10).map(host_event).collect(), false));
-        state
-            .queued_events
-            .push_back(batch((10..20).map(host_event).collect(), false));
-        state
-            .queued_events
-            .push_back(batch((20..24).map(host_event).collect(), false));
-        state.queued_events.push_back(batch(vec![], false));
-    }
+    let mut h = Harness::booted(&[]);
+    h.host_events((0..10).map(host_event), false);
+    h.host_events((10..20).map(host_event), false);
+    h.host_events((20..24).map(host_event), false);
+    h.host_events([], false);
     assert_eq!(h.dev.service_host_events(), 10);
     assert_eq!(h.r32(0x1_00a8), 10);
     assert_eq!(h.events(0, 10), (0..10).map(host_event).collect::<Vec<_>>());
     // The guest consumed 8; 10 more wrap around, 12 of 16 slots are then used.
     h.w32(0x1_00ac, 8);
     assert_eq!(h.dev.service_host_events(), 10);
-    assert_eq!(h.r32(offset::EVENTQ_PROD), 1 << 4 | 4);
+    assert_eq!(h.r32(EVENTQ_PROD), 1 << 4 | 4);
     assert_eq!(
         h.events(16, 4),
         (16..20).map(host_event).collect::<Vec<_>>()
@@ -718,27 +694,18 @@ fn event_queue_wraps_and_overflows() {
     // Nothing queued: nothing happens.
     assert_eq!(h.dev.service_host_events(), 0);
     // One more while full: dropped, OVFLG toggles.
-    h.backend
-        .state()
-        .queued_events
-        .push_back(batch(vec![host_event(99)], false));
+    h.host_events([host_event(99)], false);
     assert_eq!(h.dev.service_host_events(), 0);
     assert_eq!(h.r32(0x1_00a8), 1 << 31 | 1 << 4 | 8);
     // Not acknowledged yet: a second overflow leaves the flag alone.
-    h.backend
-        .state()
-        .queued_events
-        .push_back(batch(vec![host_event(100)], false));
+    h.host_events([host_event(100)], false);
     h.dev.service_host_events();
     assert_eq!(h.r32(0x1_00a8), 1 << 31 | 1 << 4 | 8);
     assert_eq!(h.dev.stats().events_dropped, 2);
     assert_eq!(h.dev.stats().host_events, 24);
     // Linux drains and acknowledges (CONS.OVACKFLG = PROD.OVFLG); the next overflow toggles back.
     h.w32(0x1_00ac, 1 << 31 | 1 << 4 | 8);
-    h.backend
-        .state()
-        .queued_events
-        .push_back(batch(vec![], true));
+    h.host_events([], true);
     h.dev.service_host_events();
     assert_eq!(h.r32(0x1_00a8), 1 << 4 | 8);
     assert_eq!(h.irqs.state().triggered.len(), 6);
@@ -746,38 +713,22 @@ fn event_queue_wraps_and_overflows() {
 
 #[test]
 fn lost_events_and_event_msi() {
-    let mut h = Harness::new(features());
-    h.boot();
-    h.w64(offset::EVENTQ_IRQ_CFG0, DOORBELL);
-    h.w32(offset::EVENTQ_IRQ_CFG1, 0x2a);
-    h.backend.state().queued_events.push_back(EventBatch {
-        events: vec![host_event(1)],
-        lost: true,
-    });
+    let mut h = Harness::booted(&[]);
+    h.w64(EVENTQ_IRQ_CFG0, DOORBELL);
+    h.w32(EVENTQ_IRQ_CFG1, 0x2a);
+    h.host_events([host_event(1)], true);
     assert_eq!(h.dev.service_host_events(), 1);
     assert_eq!(h.r32(0x1_00a8), 1 << 31 | 1);
-    assert_eq!(
-        h.irqs.state().msis,
-        [MsiMessage {
-            address: DOORBELL,
-            data: 0x2a
-        }]
-    );
+    assert_eq!(h.irqs.state().msis, [doorbell(0x2a)]);
     assert!(h.irqs.state().triggered.is_empty());
     // With EVENTQ_IRQEN clear, events are written silently.
-    h.w32(offset::IRQ_CTRL, 0x1);
-    h.backend.state().queued_events.push_back(EventBatch {
-        events: vec![host_event(2)],
-        lost: false,
-    });
+    h.w32(IRQ_CTRL, 0x1);
+    h.host_events([host_event(2)], false);
     assert_eq!(h.dev.service_host_events(), 1);
     assert_eq!(h.irqs.state().msis.len(), 1);
     // A disabled event queue drops them.
-    h.w32(offset::CR0, 0x9);
-    h.backend.state().queued_events.push_back(EventBatch {
-        events: vec![host_event(3)],
-        lost: false,
-    });
+    h.w32(CR0, 0x9);
+    h.host_events([host_event(3)], false);
     assert_eq!(h.dev.service_host_events(), 0);
     assert_eq!(h.dev.stats().events_dropped, 1);
 }
@@ -792,16 +743,8 @@ fn context_descriptor_lookup() {
     assert_eq!(cd_address(&ste, 0x45, &h.mem), Ok(l2 + 5 * 64));
     assert!(cd_address(&ste, 0x85, &h.mem).is_err());
     assert!(cd_address(&ste, 0x100, &h.mem).is_err());
-    let cd = ContextDescriptor::parse(&[
-        16 | 1 << 31 | 5 << 32 | 1 << 41 | 0x42 << 48,
-        0x8765_4000,
-        0,
-        0x44ff,
-        0,
-        0,
-        0,
-        0,
-    ]);
+    let w0 = 16 | 1 << 31 | 5 << 32 | 1 << 41 | 0x42 << 48;
+    let cd = ContextDescriptor::parse(&[w0, 0x8765_4000, 0, 0x44ff, 0, 0, 0, 0]);
     assert!(cd.valid && cd.aa64);
     assert_eq!(
         (cd.t0sz, cd.ips, cd.asid, cd.ttb0),
@@ -823,13 +766,8 @@ fn fuzzed_accesses_never_panic() {
     for sid in [0, 0x10, 0x105, 0xffff] {
         h.dev.add_stream(sid).unwrap();
     }
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+    let mut next = move || rng.next();
     let interesting = [
         0,
         u64::MAX,
@@ -862,23 +800,23 @@ fn fuzzed_accesses_never_panic() {
         h.set_mem(STRTAB + 8 * i, &[word]);
     }
     let registers = [
-        offset::CR0,
-        offset::CR1,
-        offset::CR2,
-        offset::GBPA,
-        offset::IRQ_CTRL,
-        offset::GERRORN,
-        offset::GERROR_IRQ_CFG0,
-        offset::STRTAB_BASE,
-        offset::STRTAB_BASE_CFG,
-        offset::CMDQ_BASE,
-        offset::CMDQ_PROD,
-        offset::CMDQ_CONS,
-        offset::EVENTQ_BASE,
+        CR0,
+        CR1,
+        CR2,
+        GBPA,
+        IRQ_CTRL,
+        GERRORN,
+        GERROR_IRQ_CFG0,
+        STRTAB_BASE,
+        STRTAB_BASE_CFG,
+        CMDQ_BASE,
+        CMDQ_PROD,
+        CMDQ_CONS,
+        EVENTQ_BASE,
         0x1_00a8,
         0x1_00ac,
-        offset::EVENTQ_IRQ_CFG0,
-        offset::EVENTQ_IRQ_CFG1,
+        EVENTQ_IRQ_CFG0,
+        EVENTQ_IRQ_CFG1,
     ];
     for round in 0..20_000 {
         let r = next();
@@ -887,8 +825,8 @@ fn fuzzed_accesses_never_panic() {
         } else {
             registers[(r >> 8) as usize % registers.len()]
         };
-        let value = if off == offset::GERRORN && r % 4 != 0 {
-            u64::from(h.r32(offset::GERROR)) // acknowledge, as Linux does
+        let value = if off == GERRORN && r % 4 != 0 {
+            u64::from(h.r32(GERROR)) // acknowledge, as Linux does
         } else if r % 2 == 0 {
             interesting[(r >> 16) as usize % interesting.len()] | ((r >> 32) % 32)
         } else {
@@ -906,18 +844,17 @@ fn fuzzed_accesses_never_panic() {
             h.dev.read(off, &mut data);
         }
         if round % 64 == 0 {
-            let events = (0..next() % 40).map(|_| [next(), next(), next(), next()]);
-            h.backend.state().queued_events.push_back(EventBatch {
-                events: events.collect(),
-                lost: next() % 2 == 0,
-            });
+            let events: Vec<_> = (0..next() % 40)
+                .map(|_| [next(), next(), next(), next()])
+                .collect();
+            h.host_events(events, next() % 2 == 0);
             h.dev.service_host_events();
         }
         if round % 512 == 0 {
             h.dev.reset();
         }
         // The acknowledgement registers always mirror their controls.
-        assert_eq!(h.r32(offset::CR0), h.r32(offset::CR0ACK));
+        assert_eq!(h.r32(CR0), h.r32(CR0ACK));
     }
 
     // A booted SMMU fed random commands, STEs and CD pointers.
@@ -937,33 +874,24 @@ fn fuzzed_accesses_never_panic() {
             }
             4 => {
                 let sid = [0u64, 0x10, 0x105, 0xffff][(r >> 8) as usize % 4] % 256;
-                let ste = [
-                    next() & 0xf800_0000_0000_003f | CD,
-                    next(),
-                    next(),
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                ];
+                let (w0, w1, w2) = (next() & 0xf800_0000_0000_003f | CD, next(), next());
+                let ste = [w0, w1, w2, 0, 0, 0, 0, 0];
                 h.set_mem(STRTAB + sid * 64, &ste);
             }
             5 => {
-                let gerror = h.r32(offset::GERROR);
-                h.w32(offset::GERRORN, gerror);
+                let gerror = h.r32(GERROR);
+                h.w32(GERRORN, gerror);
             }
             6 => {
-                let events = (0..next() % 40).map(|_| [next(), next(), next(), next()]);
-                h.backend.state().queued_events.push_back(EventBatch {
-                    events: events.collect(),
-                    lost: next() % 8 == 0,
-                });
+                let events: Vec<_> = (0..next() % 40)
+                    .map(|_| [next(), next(), next(), next()])
+                    .collect();
+                h.host_events(events, next() % 8 == 0);
                 h.dev.service_host_events();
                 let prod = h.r32(0x1_00a8);
                 h.w32(0x1_00ac, prod);
             }
-            _ => h.w32(offset::CMDQ_PROD, next() as u32),
+            _ => h.w32(CMDQ_PROD, next() as u32),
         }
     }
     let stats = h.dev.stats();

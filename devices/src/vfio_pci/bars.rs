@@ -2,10 +2,10 @@
 //! (whole host pages the host lets us mmap, minus the MSI-X table and PBA), and where a trapped
 //! access lands.
 
-use super::{VfioPciDevice, VfioPciError, u32_at};
+use super::{VfioPciDevice, VfioPciError};
 use crate::pci::config::{BarInfo, BarKind, NUM_BARS};
 use crate::pci::msi::MsixCapability;
-use crate::pci::{BarRange, BarSpace};
+use crate::pci::{BarRange, BarSpace, raw_u32};
 
 /// Where a trapped BAR access falls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +27,7 @@ impl VfioPciDevice {
                     source,
                 }
             })?;
-            let register = u32_at(raw, 0x10 + 4 * index as u16);
+            let register = raw_u32(raw, 0x10 + 4 * index as u16);
             let kind = BarKind::from_register(register);
             let Some(kind) = kind.filter(|_| region.size > 0) else {
                 index += 1;
@@ -78,10 +78,7 @@ impl VfioPciDevice {
                 }
             }
         }
-        let whole = [BarRange {
-            offset: 0,
-            size: region.size,
-        }];
+        let whole = [BarRange::new(0, region.size)];
         let areas = if region.sparse_areas.is_empty() {
             &whole[..]
         } else {
@@ -103,10 +100,7 @@ impl VfioPciDevice {
                 };
                 let e = e / page * page;
                 if s < e {
-                    ranges.push(BarRange {
-                        offset: s,
-                        size: e - s,
-                    });
+                    ranges.push(BarRange::new(s, e - s));
                 }
             }
         }
@@ -124,18 +118,12 @@ impl VfioPciDevice {
         let mut at = 0;
         for r in self.direct.get(usize::from(index)).into_iter().flatten() {
             if r.offset > at {
-                ranges.push(BarRange {
-                    offset: at,
-                    size: r.offset - at,
-                });
+                ranges.push(BarRange::new(at, r.offset - at));
             }
             at = r.end();
         }
         if at < bar.size {
-            ranges.push(BarRange {
-                offset: at,
-                size: bar.size - at,
-            });
+            ranges.push(BarRange::new(at, bar.size - at));
         }
         ranges
     }

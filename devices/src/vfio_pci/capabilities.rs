@@ -2,10 +2,11 @@
 //! guest sees (each decision with its reason), and for each byte whether it lives in the shadow,
 //! is read live from the device, or has its writes forwarded to the device.
 
-use super::{VFIO_PCI_CONFIG_REGION_INDEX, VfioPciDevice, slice, u16_at, u32_at};
+use super::{VFIO_PCI_CONFIG_REGION_INDEX, VfioPciDevice};
 use crate::pci::capability::{self, ext_id, id};
 use crate::pci::config::{CONFIG_SPACE_SIZE, STANDARD_CONFIG_SIZE};
 use crate::pci::msi::{MsiCapability, MsixCapability, MsixTable};
+use crate::pci::{raw_bytes, raw_u16, raw_u32};
 
 use super::interrupts::Msix;
 
@@ -110,35 +111,27 @@ impl VfioPciDevice {
                     continue;
                 }
                 CapPolicy::Msi => {
-                    let msi = MsiCapability::new(o, u16_at(raw, o + 2));
+                    let msi = MsiCapability::new(o, raw_u16(raw, o + 2));
                     let placed = self.config.place_capability(o, &msi.body(), &msi.wmask());
-                    if placed.is_ok() {
-                        self.msi = Some(msi);
-                    }
-                    placed
+                    placed.map(|()| self.msi = Some(msi))
                 }
                 CapPolicy::Msix => {
                     let msix = MsixCapability::new(
                         o,
-                        u16_at(raw, o + 2),
-                        u32_at(raw, o + 4),
-                        u32_at(raw, o + 8),
+                        raw_u16(raw, o + 2),
+                        raw_u32(raw, o + 4),
+                        raw_u32(raw, o + 8),
                     );
                     if !self.msix_fits(&msix) {
                         log::warn!("VFIO: MSI-X table or PBA outside its BAR; hiding MSI-X");
                         continue;
                     }
+                    let table = MsixTable::new(msix.table_size);
                     let placed = self.config.place_capability(o, &msix.body(), &msix.wmask());
-                    if placed.is_ok() {
-                        self.msix = Some(Msix {
-                            table: MsixTable::new(msix.table_size),
-                            cap: msix,
-                        });
-                    }
-                    placed
+                    placed.map(|()| self.msix = Some(Msix { cap: msix, table }))
                 }
                 CapPolicy::Shadow if cap.id == id::POWER_MANAGEMENT => {
-                    let mut body = slice(raw, o, PM_LEN.min(room));
+                    let mut body = raw_bytes(raw, o, PM_LEN.min(room));
                     let mut wmask = vec![0; body.len()];
                     if let Some(b) = body.get_mut(usize::from(PM_CONTROL_STATUS)) {
                         *b &= !0x3; // D0
@@ -156,7 +149,7 @@ impl VfioPciDevice {
                         pcie::LEN_V1
                     }
                     .min(room);
-                    let body = slice(raw, o, len);
+                    let body = raw_bytes(raw, o, len);
                     let mut wmask = vec![0; body.len()];
                     for (field, mask) in [
                         // FLR is intercepted, never stored.
@@ -170,26 +163,23 @@ impl VfioPciDevice {
                             w.copy_from_slice(&mask.to_le_bytes());
                         }
                     }
-                    let placed = self.config.place_capability(o, &body, &wmask);
-                    if placed.is_ok() {
+                    self.config.place_capability(o, &body, &wmask).map(|()| {
                         self.pcie = Some(o);
                         for field in [pcie::DEVICE_STATUS, pcie::LINK_STATUS, pcie::LINK_STATUS_2] {
                             if field + 2 <= len {
                                 self.live.insert(o + field, 2);
                             }
                         }
-                    }
-                    placed
+                    })
                 }
                 CapPolicy::PassThrough => {
                     // Vendor-specific: its length is its third byte.
                     let len = u16::from(raw[usize::from(o) + 2]).max(3).min(room);
-                    let placed = self.config.place_capability(o, &slice(raw, o, len), &[]);
-                    if placed.is_ok() {
+                    let body = raw_bytes(raw, o, len);
+                    self.config.place_capability(o, &body, &[]).map(|()| {
                         self.live.insert(o + 2, len.saturating_sub(2));
                         self.forward.insert(o + 2, len.saturating_sub(2));
-                    }
-                    placed
+                    })
                 }
             };
             if let Err(e) = placed {
@@ -204,20 +194,19 @@ impl VfioPciDevice {
             let room = CONFIG_SPACE_SIZE as u16 - o;
             let placed = match extended_policy(cap.id) {
                 CapPolicy::Shadow => {
-                    let body = slice(raw, o, 12.min(room));
+                    let body = raw_bytes(raw, o, 12.min(room));
                     self.config.place_extended_capability(o, &body, &[])
                 }
                 CapPolicy::PassThrough => {
                     // Vendor-specific: its length is in the top 12 bits of the second dword.
-                    let len = ((u32_at(raw, o + 4) >> 20) as u16).max(8).min(room);
-                    let placed = self
-                        .config
-                        .place_extended_capability(o, &slice(raw, o, len), &[]);
-                    if placed.is_ok() {
-                        self.live.insert(o + 4, len.saturating_sub(4));
-                        self.forward.insert(o + 4, len.saturating_sub(4));
-                    }
-                    placed
+                    let len = ((raw_u32(raw, o + 4) >> 20) as u16).max(8).min(room);
+                    let body = raw_bytes(raw, o, len);
+                    self.config
+                        .place_extended_capability(o, &body, &[])
+                        .map(|()| {
+                            self.live.insert(o + 4, len.saturating_sub(4));
+                            self.forward.insert(o + 4, len.saturating_sub(4));
+                        })
                 }
                 _ => {
                     log::debug!("VFIO: hiding extended capability {:#06x} at {o:#x}", cap.id);

@@ -81,12 +81,11 @@ impl VfioPciDevice {
 
     /// Whether a configuration write touches the MSI or MSI-X capability.
     pub(super) fn touches_interrupt_capability(&self, offset: u16, len: usize) -> bool {
-        let msi = self.msi.is_some_and(|m| m.touches(offset, len));
-        let msix = self
-            .msix
-            .as_ref()
-            .is_some_and(|m| m.cap.touches(offset, len));
-        msi || msix
+        self.msi.is_some_and(|m| m.touches(offset, len))
+            || self
+                .msix
+                .as_ref()
+                .is_some_and(|m| m.cap.touches(offset, len))
     }
 
     /// Brings the host's interrupt type and the vector routes in line with the guest's MSI and

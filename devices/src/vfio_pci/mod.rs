@@ -35,7 +35,8 @@ use crate::pci::config::{
 };
 use crate::pci::msi::MsiCapability;
 use crate::pci::{
-    ActiveBar, BarRange, ConfigWriteResult, InterruptRoute, MsiMessage, PciDevice, config_access_ok,
+    ActiveBar, BarRange, ConfigWriteResult, InterruptRoute, MsiMessage, PciDevice,
+    config_access_ok, raw_u16, raw_u32,
 };
 use bars::MsixTarget;
 use capabilities::ByteSet;
@@ -97,25 +98,6 @@ fn backend_err(what: &'static str) -> impl FnOnce(BackendError) -> VfioPciError 
     move |source| VfioPciError::Backend { what, source }
 }
 
-fn u16_at(raw: &[u8], at: u16) -> u16 {
-    let at = usize::from(at);
-    u16::from_le_bytes([0, 1].map(|i| raw.get(at + i).copied().unwrap_or(0)))
-}
-
-fn u32_at(raw: &[u8], at: u16) -> u32 {
-    u32::from(u16_at(raw, at)) | u32::from(u16_at(raw, at.saturating_add(2))) << 16
-}
-
-fn slice(raw: &[u8], at: u16, len: u16) -> Vec<u8> {
-    (0..len)
-        .map(|i| {
-            raw.get(usize::from(at) + usize::from(i))
-                .copied()
-                .unwrap_or(0)
-        })
-        .collect()
-}
-
 impl VfioPciDevice {
     /// Reads the device through `backend` and builds its guest-visible model. `page_size` is the
     /// host page size: direct BAR mappings are whole host pages. Resets the function first when
@@ -126,7 +108,7 @@ impl VfioPciDevice {
         }
         reset::on_open(backend.as_mut());
         let raw = read_config(backend.as_ref())?;
-        let vendor_id = u16_at(&raw, 0);
+        let vendor_id = raw_u16(&raw, 0);
         if vendor_id == 0xffff || vendor_id == 0 {
             return Err(VfioPciError::NoDevice { vendor_id });
         }
@@ -138,11 +120,11 @@ impl VfioPciDevice {
         let intx = Intx::new(&raw, backend.as_ref())?;
         let header = Header {
             vendor_id,
-            device_id: u16_at(&raw, 2),
+            device_id: raw_u16(&raw, 2),
             revision_id: raw[8],
-            class_code: u32_at(&raw, 8) >> 8,
-            subsystem_vendor_id: u16_at(&raw, 0x2c),
-            subsystem_id: u16_at(&raw, 0x2e),
+            class_code: raw_u32(&raw, 8) >> 8,
+            subsystem_vendor_id: raw_u16(&raw, 0x2c),
+            subsystem_id: raw_u16(&raw, 0x2e),
             interrupt_pin: if intx.is_some() { raw[0x3d] } else { 0 },
         };
         let mut device = VfioPciDevice {

@@ -1,6 +1,7 @@
 //! BAR sizes, direct and trapped ranges, and trapped accesses.
 
 use super::*;
+use crate::testutil::{M32, M64, M64_PREF};
 
 #[test]
 fn bars_have_host_sizes_and_guest_addresses() {
@@ -13,22 +14,10 @@ fn bars_have_host_sizes_and_guest_addresses() {
     assert_eq!(
         bars,
         [
-            (
-                0,
-                BarKind::Memory32 {
-                    prefetchable: false
-                },
-                0x4000
-            ),
+            (0, M32, 0x4000),
             (1, BarKind::Io, 0x100),
-            (
-                2,
-                BarKind::Memory64 {
-                    prefetchable: false
-                },
-                0x10000
-            ),
-            (4, BarKind::Memory64 { prefetchable: true }, 8 * GIB),
+            (2, M64, 0x10000),
+            (4, M64_PREF, 8 * GIB),
         ]
     );
     let sizes: Vec<u32> = (0..6)

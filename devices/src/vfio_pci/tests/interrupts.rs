@@ -22,82 +22,37 @@ fn msix_table_writes_become_routes() {
     let (mut dev, fake) = create(gpu());
     fake.state().irqs.clear();
     // Enable: all entries come out of reset masked, so no route yet.
-    assert!(routes(dev.config_write(MSIX + 3, &[0x80])).is_empty());
+    assert!(msix_control(&mut dev, 0x80).is_empty());
     assert_eq!(
         fake.state().irqs,
         [IrqCall::Disable(IrqType::Intx), IrqCall::Msix(8)]
     );
+    assert!(msix_entry(&mut dev, 1, 0, 0xfee0_1000).is_empty());
+    assert!(msix_entry(&mut dev, 1, 4, 0).is_empty());
+    assert!(msix_entry(&mut dev, 1, 8, 0x41).is_empty());
+    let first = Some(msg(0xfee0_1000, 0x41));
+    assert_eq!(msix_entry(&mut dev, 1, 12, 0), [route(1, first)]);
     let entry = 0x3000 + 16;
-    assert!(
-        dev.mmio_write(2, entry, &0xfee0_1000u32.to_le_bytes())
-            .is_empty()
-    );
-    assert!(dev.mmio_write(2, entry + 4, &0u32.to_le_bytes()).is_empty());
-    assert!(
-        dev.mmio_write(2, entry + 8, &0x41u32.to_le_bytes())
-            .is_empty()
-    );
-    let msg = Some(MsiMessage {
-        address: 0xfee0_1000,
-        data: 0x41,
-    });
-    assert_eq!(
-        dev.mmio_write(2, entry + 12, &0u32.to_le_bytes()),
-        [InterruptRoute {
-            vector: 1,
-            message: msg
-        }]
-    );
     let mut back = [0u8; 8];
     dev.mmio_read(2, entry, &mut back);
     assert_eq!(u64::from_le_bytes(back), 0xfee0_1000);
     // Changing the message of an unmasked vector updates its route.
-    let moved = Some(MsiMessage {
-        address: 0xfee0_2000,
-        data: 0x41,
-    });
+    let moved = Some(msg(0xfee0_2000, 0x41));
     assert_eq!(
         dev.mmio_write(2, entry, &0xfee0_2000u64.to_le_bytes()),
-        [InterruptRoute {
-            vector: 1,
-            message: moved
-        }]
+        [route(1, moved)]
     );
     // Function mask hides every vector, clearing it brings them back.
-    assert_eq!(
-        routes(dev.config_write(MSIX + 3, &[0xc0])),
-        [InterruptRoute {
-            vector: 1,
-            message: None
-        }]
-    );
-    assert_eq!(
-        routes(dev.config_write(MSIX + 3, &[0x80])),
-        [InterruptRoute {
-            vector: 1,
-            message: moved
-        }]
-    );
+    assert_eq!(msix_control(&mut dev, 0xc0), [route(1, None)]);
+    assert_eq!(msix_control(&mut dev, 0x80), [route(1, moved)]);
     // Masking the entry.
-    assert_eq!(
-        dev.mmio_write(2, entry + 12, &1u32.to_le_bytes()),
-        [InterruptRoute {
-            vector: 1,
-            message: None
-        }]
-    );
-    let _ = dev.mmio_write(2, entry + 12, &0u32.to_le_bytes());
+    assert_eq!(msix_entry(&mut dev, 1, 12, 1), [route(1, None)]);
+    let _ = msix_entry(&mut dev, 1, 12, 0);
     // The table never reaches the device.
     assert!(fake.state().bar_writes.is_empty());
     // Disable: routes go, INTx comes back.
     fake.state().irqs.clear();
-    assert_eq!(
-        routes(dev.config_write(MSIX + 3, &[0x00])),
-        [InterruptRoute {
-            vector: 1,
-            message: None
-        }]
-    );
+    assert_eq!(msix_control(&mut dev, 0x00), [route(1, None)]);
     assert_eq!(
         fake.state().irqs,
         [IrqCall::Disable(IrqType::Msix), IrqCall::Intx]
@@ -118,22 +73,13 @@ fn msi_multiple_messages_and_masking() {
         [IrqCall::Disable(IrqType::Intx), IrqCall::Msi(4)]
     );
     let expected: Vec<InterruptRoute> = (0..4)
-        .map(|i| InterruptRoute {
-            vector: i,
-            message: Some(MsiMessage {
-                address: 0xfee0_0000,
-                data: 0x4020 | u32::from(i),
-            }),
-        })
+        .map(|i| route(i, Some(msg(0xfee0_0000, 0x4020 | u32::from(i)))))
         .collect();
     assert_eq!(changes, expected);
     // Per-vector mask.
     assert_eq!(
         routes(write32(&mut dev, MSI + 0x10, 0b100)),
-        [InterruptRoute {
-            vector: 2,
-            message: None
-        }]
+        [route(2, None)]
     );
     // Granting more vectors re-enables MSI on the host with the new count.
     fake.state().irqs.clear();
@@ -163,9 +109,9 @@ fn msi_multiple_messages_and_masking() {
 #[test]
 fn pba_reports_signals_of_masked_vectors() {
     let (mut dev, _) = create(gpu());
-    let _ = dev.config_write(MSIX + 3, &[0x80]);
+    let _ = msix_control(&mut dev, 0x80);
     // Vector 3 unmasked, vectors 0 and 3 signalled.
-    let _ = dev.mmio_write(2, 0x3000 + 3 * 16 + 12, &0u32.to_le_bytes());
+    let _ = msix_entry(&mut dev, 3, 12, 0);
     dev.vector_eventfds()[0].write(1).unwrap();
     dev.vector_eventfds()[3].write(1).unwrap();
     let mut pba = [0u8; 8];

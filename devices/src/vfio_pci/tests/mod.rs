@@ -8,6 +8,7 @@ use super::*;
 use crate::pci::BarKind;
 use crate::pci::capability::{extended_capabilities, standard_capabilities};
 use crate::pci::msi::MsiMessage;
+use crate::testutil::XorShift;
 
 mod bars;
 mod capabilities;
@@ -22,6 +23,7 @@ enum IrqCall {
     Disable(IrqType),
 }
 
+#[derive(Default)]
 struct FakeState {
     config: Vec<u8>,
     regions: Vec<RegionInfo>,
@@ -35,20 +37,22 @@ struct FakeState {
     broken: bool,
 }
 
+impl FakeState {
+    fn fail_if_broken(&self, what: &str) -> Result<(), BackendError> {
+        if self.broken {
+            Err(what.into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Fake(Arc<Mutex<FakeState>>);
 
 impl Fake {
     fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
         self.0.lock().unwrap()
-    }
-}
-
-fn irq_index(irq: IrqType) -> usize {
-    match irq {
-        IrqType::Intx => 0,
-        IrqType::Msi => 1,
-        IrqType::Msix => 2,
     }
 }
 
@@ -78,9 +82,7 @@ impl VfioBackend for Fake {
 
     fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), BackendError> {
         let mut s = self.state();
-        if s.broken {
-            return Err("broken".into());
-        }
+        s.fail_if_broken("broken")?;
         if index == VFIO_PCI_CONFIG_REGION_INDEX {
             s.config_writes.push((offset, data.to_vec()));
         } else {
@@ -93,7 +95,7 @@ impl VfioBackend for Fake {
     }
 
     fn irq_count(&self, irq: IrqType) -> u32 {
-        self.state().irq_counts[irq_index(irq)]
+        self.state().irq_counts[irq as usize]
     }
 
     fn enable_msi(&mut self, eventfds: &[EventFd]) -> Result<(), BackendError> {
@@ -115,11 +117,7 @@ impl VfioBackend for Fake {
     fn reset(&mut self) -> Result<(), BackendError> {
         let mut s = self.state();
         s.resets += 1;
-        if s.broken {
-            Err("no reset".into())
-        } else {
-            Ok(())
-        }
+        s.fail_if_broken("no reset")
     }
 }
 
@@ -127,11 +125,7 @@ impl Fake {
     fn call(&mut self, call: IrqCall) -> Result<(), BackendError> {
         let mut s = self.state();
         s.irqs.push(call);
-        if s.broken {
-            Err("broken".into())
-        } else {
-            Ok(())
-        }
+        s.fail_if_broken("broken")
     }
 }
 
@@ -178,17 +172,10 @@ fn gpu() -> FakeState {
     c[0x34] = 0x40;
     c[0x3d] = 1;
     // PM: D3hot now.
-    put(
-        &mut c,
-        0x40,
-        &[0x01, MSI as u8, 0x03, 0x00, 0x03, 0x00, 0, 0],
-    );
+    put(&mut c, 0x40, &[0x01, MSI as u8, 3, 0, 3, 0, 0, 0]);
     // MSI: 64-bit, per-vector masking, 8 vectors capable; host-programmed junk in the address.
-    put(
-        &mut c,
-        MSI.into(),
-        &[0x05, MSIX as u8, 0x86, 0x01, 0xef, 0xbe, 0xad, 0xde],
-    );
+    put(&mut c, MSI.into(), &[0x05, MSIX as u8, 0x86, 0x01]);
+    put32(&mut c, 0x54, 0xdead_beef);
     // MSI-X: 8 entries, table and PBA in BAR 2.
     put(&mut c, MSIX.into(), &[0x11, PCIE as u8, 0x07, 0x80]);
     put32(&mut c, 0x74, 0x3002);
@@ -218,29 +205,15 @@ fn gpu() -> FakeState {
     regions[1] = region(0x100, false);
     regions[2] = region(0x10000, true);
     regions[4] = RegionInfo {
-        sparse_areas: vec![
-            BarRange {
-                offset: 0,
-                size: 0x1000_0000,
-            },
-            BarRange {
-                offset: 0x1_0000_0800,
-                size: 0x2000,
-            },
-        ],
+        sparse_areas: vec![range(0, 0x1000_0000), range(0x1_0000_0800, 0x2000)],
         ..region(8 * GIB, true)
     };
     regions[7] = region(4096, false);
     FakeState {
         config: c,
         regions,
-        bar_memory: HashMap::new(),
-        config_writes: Vec::new(),
-        bar_writes: Vec::new(),
-        irqs: Vec::new(),
-        resets: 0,
         irq_counts: [1, 8, 8],
-        broken: false,
+        ..Default::default()
     }
 }
 
@@ -281,20 +254,26 @@ fn routes(result: ConfigWriteResult) -> Vec<InterruptRoute> {
     }
 }
 
-fn range(offset: u64, size: u64) -> BarRange {
-    BarRange { offset, size }
+/// Writes the MSI-X control register's high byte (enable 0x80, function mask 0x40).
+fn msix_control(dev: &mut VfioPciDevice, value: u8) -> Vec<InterruptRoute> {
+    routes(dev.config_write(MSIX + 3, &[value]))
 }
 
-/// Seeded xorshift, no dependencies.
-struct XorShift(u64);
+/// Writes dword `at` (0 address, 4 upper address, 8 data, 12 vector control) of a table entry.
+fn msix_entry(dev: &mut VfioPciDevice, vector: u64, at: u64, value: u32) -> Vec<InterruptRoute> {
+    dev.mmio_write(2, 0x3000 + 16 * vector + at, &value.to_le_bytes())
+}
 
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
+fn range(offset: u64, size: u64) -> BarRange {
+    BarRange::new(offset, size)
+}
+
+fn msg(address: u64, data: u32) -> MsiMessage {
+    MsiMessage { address, data }
+}
+
+fn route(vector: u16, message: Option<MsiMessage>) -> InterruptRoute {
+    InterruptRoute { vector, message }
 }
 
 #[test]
@@ -371,29 +350,20 @@ fn hostile_accesses_never_panic_or_reach_the_device() {
 
 #[test]
 fn bad_devices_are_refused_or_trimmed() {
-    let attempt = |state: FakeState, page| {
+    let attempt = |change: fn(&mut FakeState), page| {
+        let mut state = gpu();
+        change(&mut state);
         VfioPciDevice::new(Box::new(Fake(Arc::new(Mutex::new(state)))), page).map(|_| ())
     };
+    let odd_page = attempt(|_| {}, 0x1800);
+    assert!(matches!(odd_page, Err(VfioPciError::PageSize(0x1800))));
+    let no_vendor = attempt(|s| s.config[0..2].fill(0xff), 4096);
+    assert!(matches!(no_vendor, Err(VfioPciError::NoDevice { .. })));
+    let bridge = attempt(|s| s.config[0x0e] = 0x81, 4096);
+    assert!(matches!(bridge, Err(VfioPciError::NotEndpoint(1))));
+    let short = attempt(|s| s.regions[7].size = 64, 4096);
     assert!(matches!(
-        attempt(gpu(), 0x1800),
-        Err(VfioPciError::PageSize(0x1800))
-    ));
-    let mut state = gpu();
-    state.config[0..2].copy_from_slice(&[0xff, 0xff]);
-    assert!(matches!(
-        attempt(state, 4096),
-        Err(VfioPciError::NoDevice { .. })
-    ));
-    let mut state = gpu();
-    state.config[0x0e] = 0x81;
-    assert!(matches!(
-        attempt(state, 4096),
-        Err(VfioPciError::NotEndpoint(1))
-    ));
-    let mut state = gpu();
-    state.regions[7].size = 64;
-    assert!(matches!(
-        attempt(state, 4096),
+        short,
         Err(VfioPciError::ConfigRegion { size: 64 })
     ));
 
@@ -419,8 +389,8 @@ fn bad_devices_are_refused_or_trimmed() {
     let mut state = gpu();
     state.broken = true;
     let (mut dev, _) = create(state);
-    assert!(routes(dev.config_write(MSIX + 3, &[0x80])).is_empty());
-    let _ = dev.mmio_write(2, 0x3000 + 12, &0u32.to_le_bytes());
+    assert!(msix_control(&mut dev, 0x80).is_empty());
+    let _ = msix_entry(&mut dev, 0, 12, 0);
     let _ = dev.mmio_write(2, 0x100, &[1]);
 }
 

@@ -15,7 +15,7 @@ fn flr_resets_the_device() {
 #[test]
 fn dropping_the_model_turns_the_host_interrupts_off() {
     let (mut dev, fake) = create(gpu());
-    let _ = dev.config_write(MSIX + 3, &[0x80]);
+    let _ = msix_control(&mut dev, 0x80);
     fake.state().irqs.clear();
     drop(dev);
     assert_eq!(fake.state().irqs, [IrqCall::Disable(IrqType::Msix)]);

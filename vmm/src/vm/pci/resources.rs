@@ -48,30 +48,26 @@ pub trait MemslotSink: Send + Sync {
     fn remove(&self, slot: u32, gpa: u64, host_addr: u64) -> Result<(), KvmError>;
 }
 
+fn memory_region(slot: u32, gpa: u64, size: u64, host_addr: u64) -> kvm_userspace_memory_region {
+    kvm_userspace_memory_region {
+        slot,
+        flags: 0,
+        guest_phys_addr: gpa,
+        memory_size: size,
+        userspace_addr: host_addr,
+    }
+}
+
 impl MemslotSink for VmFd {
     unsafe fn add(&self, slot: u32, gpa: u64, size: u64, host_addr: u64) -> Result<(), KvmError> {
-        let region = kvm_userspace_memory_region {
-            slot,
-            flags: 0,
-            guest_phys_addr: gpa,
-            memory_size: size,
-            userspace_addr: host_addr,
-        };
         // SAFETY: the caller keeps the host range mapped until the slot is removed.
-        unsafe { self.set_user_memory_region(region) }
+        unsafe { self.set_user_memory_region(memory_region(slot, gpa, size, host_addr)) }
     }
 
     fn remove(&self, slot: u32, gpa: u64, host_addr: u64) -> Result<(), KvmError> {
-        let region = kvm_userspace_memory_region {
-            slot,
-            flags: 0,
-            guest_phys_addr: gpa,
-            memory_size: 0,
-            userspace_addr: host_addr,
-        };
         // SAFETY: a zero-sized region deletes the slot; KVM references no host memory for it
         // afterwards.
-        unsafe { self.set_user_memory_region(region) }
+        unsafe { self.set_user_memory_region(memory_region(slot, gpa, 0, host_addr)) }
     }
 }
 
@@ -172,10 +168,6 @@ impl Memslots {
             self.next - 1
         })
     }
-
-    fn give_back(&mut self, slot: u32) {
-        self.free.push(slot);
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -233,7 +225,7 @@ impl MappedBar {
         // SAFETY: `host` is a live mapping of `size` bytes; on success it moves into the
         // MappedBar, whose Drop removes this memslot before unmapping it.
         if let Err(source) = unsafe { sink.add(slot, gpa, mapping.size, addr as u64) } {
-            lock(&memslots).give_back(slot);
+            lock(&memslots).free.push(slot);
             return Err(MapError::Memslot { slot, gpa, source });
         }
         Ok(MappedBar {
@@ -243,10 +235,6 @@ impl MappedBar {
             gpa,
             mapping: ManuallyDrop::new(host),
         })
-    }
-
-    pub fn slot(&self) -> u32 {
-        self.slot
     }
 }
 
@@ -264,7 +252,7 @@ impl Drop for MappedBar {
         }
         // SAFETY: the mapping is dropped once, here, and not used after.
         unsafe { ManuallyDrop::drop(&mut self.mapping) };
-        lock(&self.memslots).give_back(self.slot);
+        lock(&self.memslots).free.push(self.slot);
     }
 }
 
@@ -361,7 +349,7 @@ impl FunctionResources {
         // A range mapped again replaces its older mapping, released first so they never overlap.
         self.mappings.remove(&key);
         let bar = MappedBar::new(sink, memslots, self.mapper.clone(), mapping)?;
-        let slot = bar.slot();
+        let slot = bar.slot;
         self.mappings.insert(key, bar);
         Ok(slot)
     }
@@ -407,17 +395,18 @@ mod tests {
         fail_attach: bool,
     }
 
-    fn errno() -> KvmError {
-        KvmError::new(libc::EINVAL)
-    }
-
     impl FakeHost {
         fn log(&self) -> Vec<Event> {
             lock(&self.log).clone()
         }
 
-        fn push(&self, event: Event) {
+        /// Logs `event`, or fails (EINVAL) without logging it.
+        fn record(&self, fail: bool, event: Event) -> Result<(), KvmError> {
+            if fail {
+                return Err(KvmError::new(libc::EINVAL));
+            }
             lock(&self.log).push(event);
+            Ok(())
         }
     }
 
@@ -425,22 +414,12 @@ mod tests {
         unsafe fn add(&self, slot: u32, _gpa: u64, _size: u64, host: u64) -> Result<(), KvmError> {
             let mut adds = lock(&self.adds);
             *adds += 1;
-            if self.fail_add == Some(*adds) {
-                return Err(errno());
-            }
-            self.push(Event::AddSlot {
-                slot,
-                host: host as usize,
-            });
-            Ok(())
+            let host = host as usize;
+            self.record(self.fail_add == Some(*adds), Event::AddSlot { slot, host })
         }
 
         fn remove(&self, slot: u32, _gpa: u64, _host: u64) -> Result<(), KvmError> {
-            if self.fail_remove {
-                return Err(errno());
-            }
-            self.push(Event::RemoveSlot(slot));
-            Ok(())
+            self.record(self.fail_remove, Event::RemoveSlot(slot))
         }
     }
 
@@ -451,16 +430,11 @@ mod tests {
             gsi: u32,
             _resample: Option<&EventFd>,
         ) -> Result<(), KvmError> {
-            if self.fail_attach {
-                return Err(errno());
-            }
-            self.push(Event::Attach(gsi));
-            Ok(())
+            self.record(self.fail_attach, Event::Attach(gsi))
         }
 
         fn detach_irqfd(&self, _eventfd: &EventFd, gsi: u32) -> Result<(), KvmError> {
-            self.push(Event::Detach(gsi));
-            Ok(())
+            self.record(false, Event::Detach(gsi))
         }
     }
 
@@ -472,12 +446,12 @@ mod tests {
             let mut maps = lock(&self.maps);
             *maps += 1;
             let addr = 0x7f00_0000_0000 + *maps * 0x100_0000;
-            self.push(Event::Map(addr));
+            lock(&self.log).push(Event::Map(addr));
             Ok(addr)
         }
 
         unsafe fn unmap(&self, addr: usize, _size: usize) {
-            self.push(Event::Unmap(addr));
+            lock(&self.log).push(Event::Unmap(addr));
         }
     }
 
