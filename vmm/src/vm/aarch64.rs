@@ -50,11 +50,11 @@ pub fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
 }
 
 pub(crate) fn setup(ctx: &mut BuildContext) -> Result<(Vec<VcpuFd>, ArchState), VmError> {
-    let ArchParts::Aarch64(parts) = *ctx.platform.parts() else {
+    let ArchParts::Aarch64(parts) = *ctx.plan.parts() else {
         return Err(BootError::OtherArch.into());
     };
     // vCPUs exist before the vGIC is initialised: it sizes its redistributors by them.
-    let vcpus = create_vcpus(ctx.vm, ctx.platform.vcpus)?;
+    let vcpus = create_vcpus(ctx.vm, ctx.plan.vcpus)?;
     let (gic, its) = create_gic(ctx.vm, &parts.gic)?;
     attach_serial(ctx, &parts)?;
 

@@ -25,7 +25,7 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use arch::platform::{CheckedPlatform, GuestRange, Platform};
+use arch::platform::GuestRange;
 use devices::bus::{Bus, BusError};
 use devices::serial::SerialDevice;
 use kvm_bindings::kvm_userspace_memory_region;
@@ -85,7 +85,6 @@ pub(crate) fn io_err(step: &'static str) -> impl FnOnce(io::Error) -> VmError {
 
 /// What the arch-specific build needs and fills in.
 pub(crate) struct BuildContext<'a> {
-    pub platform: &'a CheckedPlatform,
     pub plan: &'a Plan,
     pub payload: &'a Payload,
     pub vm: &'a VmFd,
@@ -115,7 +114,6 @@ pub struct Vm {
     _arch: guest::ArchState,
     _vm: Arc<VmFd>,
     _memory: GuestMemoryMmap,
-    platform: CheckedPlatform,
 }
 
 fn serial_output(config: &SerialConfig) -> Result<Option<Box<dyn Write + Send>>, VmError> {
@@ -170,7 +168,7 @@ pub fn build(
     host: &ProbedHost,
     exit: Arc<ExitSignal>,
 ) -> Result<Vm, VmError> {
-    let platform = plan.platform.clone();
+    let platform = &plan.platform;
     // Declared before the VM fd so that, should the build fail, the VM (and its memslots) is
     // dropped before the guest RAM they point at.
     let memory: GuestMemoryMmap;
@@ -195,7 +193,6 @@ pub fn build(
         }
     };
     let mut ctx = BuildContext {
-        platform: &platform,
         plan,
         payload,
         vm: &vm,
@@ -210,11 +207,11 @@ pub fn build(
     let memslots = pci::Memslots::after(platform.memory.len() as u32);
     let pci = pci::attach(
         &vm,
-        &platform,
+        platform,
         &memory,
         host,
         &buses.mmio,
-        guest::irq_routing(&vm, &platform),
+        guest::irq_routing(&vm, platform),
         memslots,
     )?;
     Ok(Vm {
@@ -228,15 +225,10 @@ pub fn build(
         _arch: arch_state,
         _vm: vm,
         _memory: memory,
-        platform,
     })
 }
 
 impl Vm {
-    pub fn platform(&self) -> &Platform {
-        &self.platform
-    }
-
     /// The vSMMU counters, logged at exit and printed with `--stats`.
     fn report_stats(&self) {
         for smmu in self.pci.iter().flat_map(|p| &p.smmus) {
@@ -293,8 +285,8 @@ pub fn run(
         let vm = build(config, plan, payload, host, exit)?;
         log::info!(
             "guest starting: {} vCPUs, {} MiB",
-            vm.platform().vcpus,
-            vm.platform().memory_size() >> 20
+            plan.vcpus,
+            plan.memory_size() >> 20
         );
         let signals = signals
             .try_clone()

@@ -87,7 +87,7 @@ pub(crate) fn setup(ctx: &mut BuildContext) -> Result<(Vec<VcpuFd>, ArchState), 
         .load(ctx.memory, ctx.plan)
         .map_err(BootError::Payload)?;
     let rsdp = tables.rsdp.unwrap_or(0);
-    boot::write_boot_params(ctx.memory, ctx.platform, ctx.payload.bzimage(), rsdp)
+    boot::write_boot_params(ctx.memory, &ctx.plan.platform, ctx.payload.bzimage(), rsdp)
         .map_err(BootError::BootParams)?;
     regs::setup_boot_memory(ctx.memory).map_err(BootError::BootMemory)?;
 
@@ -96,7 +96,7 @@ pub(crate) fn setup(ctx: &mut BuildContext) -> Result<(Vec<VcpuFd>, ArchState), 
 }
 
 fn attach_devices(ctx: &mut BuildContext) -> Result<(), VmError> {
-    let ArchParts::X86_64(parts) = ctx.platform.parts() else {
+    let ArchParts::X86_64(parts) = ctx.plan.parts() else {
         return Err(BootError::OtherArch.into());
     };
     if let (Some(serial), Some(uart), Some(irq)) = (&ctx.serial, parts.uart, &ctx.serial_irq) {
@@ -127,7 +127,7 @@ fn create_vcpus(ctx: &BuildContext, entry: u64) -> Result<Vec<VcpuFd>, VmError> 
         .kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-    let count = ctx.platform.vcpus;
+    let count = ctx.plan.vcpus;
     let msrs = Msrs::from_entries(&regs::boot_msrs()).map_err(BootError::MsrList)?;
     (0..count)
         .map(|index| {
