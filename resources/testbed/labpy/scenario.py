@@ -321,7 +321,10 @@ def l1_cmdline(s):
     if s.arch == "aarch64":
         base = "console=ttyAMA0 earlycon"
     else:
-        base = "console=ttyS0"
+        # L1's TSC is calibrated against TCG's timers: the refined value can differ from the
+        # early one by ~0.2%, and KVM, seeing L2's default rate "below hardware speed" without
+        # TSC scaling, then leaves L2's timers stalled. A 1% tolerance keeps L2 on L1's TSC.
+        base = "console=ttyS0 kvm.tsc_tolerance_ppm=10000"
         if s.x86_iommu == "intel":
             base += " intel_iommu=on"
         elif s.x86_iommu == "amd":

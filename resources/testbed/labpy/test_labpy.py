@@ -158,6 +158,7 @@ class ScenarioTest(unittest.TestCase):
         self.assertEqual(s.x86_iommu, "intel")
         self.assertFalse(s.needs_iort_fix)
         self.assertIn("intel_iommu=on", scenario.l1_cmdline(s))
+        self.assertIn("kvm.tsc_tolerance_ppm=10000", scenario.l1_cmdline(s))
         self.assertIn("intel-iommu,caching-mode=on", scenario.topology_args(s, str))
 
 
