@@ -656,49 +656,38 @@ mod bzimage {
 
         #[test]
         fn rejects_non_bzimages() {
-            let mem = guest_memory(16 * MIB);
-            let err = load_kernel(&mem, &mut Cursor::new(vec![0u8; 0x200])).unwrap_err();
-            assert!(
-                matches!(err, BootError::NotBzImage(m) if m.contains("shorter")),
-                "{err}"
-            );
-
-            let no_flag = setup_header {
-                boot_flag: 0,
-                ..header()
-            };
-            let err = load(&no_flag).unwrap_err();
-            assert!(
-                matches!(err, BootError::NotBzImage(m) if m.contains("0xaa55")),
-                "{err}"
-            );
-
-            let no_magic = setup_header {
-                header: 0x1234_5678,
-                ..header()
-            };
-            let err = load(&no_magic).unwrap_err();
-            assert!(
-                matches!(err, BootError::NotBzImage(m) if m.contains("HdrS")),
-                "{err}"
-            );
-
-            let zimage = setup_header {
-                loadflags: 0,
-                ..header()
-            };
-            let err = load(&zimage).unwrap_err();
-            assert!(
-                matches!(err, BootError::NotBzImage(m) if m.contains("LOADED_HIGH")),
-                "{err}"
-            );
-
-            let truncated = &bzimage(&header(), &[])[..];
-            let err = load_kernel(&mem, &mut Cursor::new(truncated)).unwrap_err();
-            assert!(
-                matches!(err, BootError::NotBzImage(m) if m.contains("setup code")),
-                "{err}"
-            );
+            let with = |hdr: setup_header| bzimage(&hdr, &payload());
+            for (file, why) in [
+                (vec![0u8; 0x200], "shorter"),
+                (
+                    with(setup_header {
+                        boot_flag: 0,
+                        ..header()
+                    }),
+                    "0xaa55",
+                ),
+                (
+                    with(setup_header {
+                        header: 0x1234_5678,
+                        ..header()
+                    }),
+                    "HdrS",
+                ),
+                (
+                    with(setup_header {
+                        loadflags: 0,
+                        ..header()
+                    }),
+                    "LOADED_HIGH",
+                ),
+                (bzimage(&header(), &[]), "setup code"),
+            ] {
+                let err = load_kernel(&guest_memory(16 * MIB), &mut Cursor::new(file)).unwrap_err();
+                assert!(
+                    matches!(err, BootError::NotBzImage(m) if m.contains(why)),
+                    "{why}: {err}"
+                );
+            }
         }
 
         #[test]
