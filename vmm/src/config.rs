@@ -51,7 +51,7 @@ impl HostArch {
     /// Longest kernel command line the guest accepts, without the terminating NUL.
     pub fn max_cmdline(self) -> usize {
         match self {
-            HostArch::Aarch64 => 2047,
+            HostArch::Aarch64 => arch::aarch64::image::CMDLINE_CAPACITY - 1,
             HostArch::X86_64 => arch::x86_64::layout::CMDLINE_MAX as usize - 1,
         }
     }

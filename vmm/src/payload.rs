@@ -217,6 +217,16 @@ mod tests {
         c
     }
 
+    fn open(c: &VmConfig) -> Payload {
+        Payload::open(&c.validate(HostArch::current()).unwrap()).unwrap()
+    }
+
+    /// The plan for `c` on a host without devices.
+    fn plan(c: &VmConfig, payload: &Payload) -> Plan {
+        let host = HostDescription::default();
+        crate::plan::platform(c, HostArch::current(), &host, &payload.footprint()).unwrap()
+    }
+
     fn memory(plan: &Plan) -> GuestMemoryMmap {
         let ranges: Vec<_> = plan
             .memory
@@ -238,16 +248,10 @@ mod tests {
         let initramfs = manifest_dir().join("Cargo.toml");
         for boot in [BootMode::Dt, BootMode::Acpi] {
             let mut c = config(&initramfs);
-            let payload = Payload::open(&c.validate(HostArch::current()).unwrap()).unwrap();
+            let payload = open(&c);
             // The plan decides what `boot` means on this host (x86 guests always get ACPI).
             c.boot = Some(boot);
-            let plan = crate::plan::platform(
-                &c,
-                HostArch::current(),
-                &HostDescription::default(),
-                &payload.footprint(),
-            )
-            .unwrap();
+            let plan = plan(&c, &payload);
             let mem = memory(&plan);
             let written = payload.load(&mem, &plan).unwrap();
 
@@ -283,14 +287,8 @@ mod tests {
         let path = std::env::temp_dir().join(format!("microvmm-initrd-{}", std::process::id()));
         std::fs::write(&path, vec![7u8; 0x3000]).unwrap();
         let c = config(&path);
-        let payload = Payload::open(&c.validate(HostArch::current()).unwrap()).unwrap();
-        let plan = crate::plan::platform(
-            &c,
-            HostArch::current(),
-            &HostDescription::default(),
-            &payload.footprint(),
-        )
-        .unwrap();
+        let payload = open(&c);
+        let plan = plan(&c, &payload);
         std::fs::write(&path, vec![7u8; 10]).unwrap();
         let mem = memory(&plan);
         let err = payload.load(&mem, &plan).unwrap_err();
