@@ -37,6 +37,7 @@ class Device:
     bridge: str
     disk: str | None
     vfio: bool
+    disk_mib: int = DEFAULT_DISK_SIZE >> 20
     slot: int = 0  # root-port slot on its bridge
     chassis: int = 0
 
@@ -76,6 +77,9 @@ class Scenario:
     l2_files: list
     expect: list
     fail: list
+    # The benchmark's extras: Debian's arm64 QEMU in L1 (the peer), labcheck in L2.
+    l1_peer: bool = False
+    l2_labcheck: bool = False
 
     @property
     def needs_iort_fix(self):
@@ -84,7 +88,8 @@ class Scenario:
         )
 
     def disks(self):
-        return sorted({d.disk for d in self.devices if d.disk})
+        """{name: size in MiB} of the lab disks the devices use."""
+        return dict(sorted((d.disk, d.disk_mib) for d in self.devices if d.disk))
 
 
 def _get(table, key, kind, where, default=dataclasses.MISSING):
@@ -220,7 +225,7 @@ def parse(doc, path):
     slots = {bid: ROOT_PORT_FIRST_SLOT for bid in bridges}
     for i, d in enumerate(_get(l0, "device", list, w, [])):
         dw = f"{path}: l0.device[{i}]"
-        _check_keys(d, ("id", "model", "bridge", "disk", "vfio"), dw)
+        _check_keys(d, ("id", "model", "bridge", "disk", "disk_mib", "vfio"), dw)
         did = _ident(_get(d, "id", str, dw), f"{dw}.id")
         if did in seen:
             raise ScenarioError(f"{dw}: device id '{did}' used twice")
@@ -236,22 +241,31 @@ def parse(doc, path):
             raise ScenarioError(f"{dw}: a {model} needs 'disk' (the name of a lab disk)")
         if disk and model not in DISK_MODELS:
             raise ScenarioError(f"{dw}: a {model} takes no disk")
+        disk_mib = _get(d, "disk_mib", int, dw, DEFAULT_DISK_SIZE >> 20)
         if disk:
             _ident(disk, f"{dw}.disk")
+            if not 1 <= disk_mib <= 1024:
+                raise ScenarioError(f"{dw}: disk_mib {disk_mib} out of range 1..1024")
+            if any(o.disk == disk and o.disk_mib != disk_mib for o in devices):
+                raise ScenarioError(f"{dw}: disk '{disk}' is given two sizes")
+        elif "disk_mib" in d:
+            raise ScenarioError(f"{dw}: disk_mib without a disk")
         slot = slots[bridge]
         if slot > 0x1e:
             raise ScenarioError(f"{dw}: bridge '{bridge}' has no free root-port slot")
         slots[bridge] += 1
         devices.append(Device(did, model, bridge, disk, _get(d, "vfio", bool, dw, False),
-                              slot=slot, chassis=len(devices) + 1))
+                              disk_mib=disk_mib, slot=slot, chassis=len(devices) + 1))
 
     l1 = _get(doc, "l1", dict, path, {})
-    _check_keys(l1, ("script", "script_file", "files"), f"{path}: [l1]")
+    _check_keys(l1, ("script", "script_file", "files", "peer"), f"{path}: [l1]")
+    if _get(l1, "peer", bool, f"{path}: [l1]", False) and arch != "aarch64":
+        raise ScenarioError(f"{path}: [l1] peer: the peer QEMU bundle exists for aarch64 only")
     l1_script = _script(l1, f"{path}: [l1]", base_dir)
     if not l1_script:
         raise ScenarioError(f"{path}: [l1] needs a script (or script_file)")
     l2 = _get(doc, "l2", dict, path, {})
-    _check_keys(l2, ("script", "script_file", "files"), f"{path}: [l2]")
+    _check_keys(l2, ("script", "script_file", "files", "labcheck"), f"{path}: [l2]")
 
     checks = _get(doc, "expect", dict, path, {})
     _check_keys(checks, ("lines", "never"), f"{path}: [expect]")
@@ -268,6 +282,8 @@ def parse(doc, path):
         l1_script=l1_script, l1_files=_files(l1, f"{path}: [l1]", base_dir),
         l2_script=_script(l2, f"{path}: [l2]", base_dir), l2_files=_files(l2, f"{path}: [l2]", base_dir),
         expect=expect, fail=fail,
+        l1_peer=_get(l1, "peer", bool, f"{path}: [l1]", False),
+        l2_labcheck=_get(l2, "labcheck", bool, f"{path}: [l2]", False),
     )
 
 
@@ -285,15 +301,16 @@ def topology_args(s, disk_path):
             args += ["-device", f"arm-smmuv3,primary-bus={b.id},id=smmu-{b.id},stage={b.smmu}"]
     for d in s.devices:
         port = f"rp-{d.id}"
+        disk = d.disk and disk_path(d.disk, d.disk_mib)
         args += ["-device", f"pcie-root-port,id={port},bus={d.bridge},chassis={d.chassis},"
                             f"addr={d.slot:#x}"]
         drive = f"drive-{d.id}"
         if d.model == "virtio-blk":
-            args += ["-drive", f"file={disk_path(d.disk)},if=none,id={drive},format=raw,readonly=on",
+            args += ["-drive", f"file={disk},if=none,id={drive},format=raw,readonly=on",
                      "-device", f"virtio-blk-pci,drive={drive},disable-legacy=on,"
                                 f"iommu_platform=on,bus={port},addr=0"]
         elif d.model == "nvme":
-            args += ["-drive", f"file={disk_path(d.disk)},if=none,id={drive},format=raw,snapshot=on",
+            args += ["-drive", f"file={disk},if=none,id={drive},format=raw,snapshot=on",
                      "-device", f"nvme,drive={drive},serial=lab-{d.id},bus={port},addr=0"]
         elif d.model == "e1000e":
             args += ["-device", f"e1000e,romfile=,bus={port},addr=0"]

@@ -7,7 +7,7 @@ import tempfile
 import textwrap
 import unittest
 
-from labpy import cpio, firmware, scenario
+from labpy import bench, cpio, firmware, scenario
 
 
 def fake_iort(nodes):
@@ -121,7 +121,7 @@ class ScenarioTest(unittest.TestCase):
         self.assertTrue(s.needs_iort_fix)
         self.assertEqual([d.slot for d in s.devices], [0x10, 0x10])
         self.assertEqual(scenario.l1_device_table(s), "disk0 01 10 1\nnic0 00 10 0\n")
-        args = " ".join(scenario.topology_args(s, lambda n: f"/d/{n}.img"))
+        args = " ".join(scenario.topology_args(s, lambda n, m: f"/d/{n}.img"))
         self.assertIn("pxb-pcie,id=pxb1,bus_nr=1,bus=pcie.0", args)
         self.assertIn("arm-smmuv3,primary-bus=pxb1,id=smmu-pxb1,stage=nested", args)
         self.assertIn("file=/d/a.img", args)
@@ -147,11 +147,26 @@ class ScenarioTest(unittest.TestCase):
             GOOD.replace("vfio = true", 'vfio = "yes"'): "must be bool",
             GOOD + "[l3]\n": "unknown field",
             "arch = [": "not valid TOML",
+            GOOD.replace('disk = "a"\n', 'disk = "a"\ndisk_mib = 0\n'): "disk_mib 0 out of range",
+            GOOD.replace('model = "e1000e"', 'model = "e1000e"\ndisk_mib = 4'): "disk_mib without",
+            GOOD.replace("[l1]", "[l1]\npeer = 1"): "peer' must be bool",
+            GOOD.replace('arch = "aarch64"', 'arch = "x86_64"').replace("[l1]", "[l1]\npeer = true")
+            .replace('smmu = "nested"', 'smmu = "none"')
+            .replace('firmware = "uefi"', 'firmware = "direct"'): "aarch64 only",
         }
         for text, message in cases.items():
             with self.subTest(message=message):
                 with self.assertRaisesRegex(scenario.ScenarioError, message):
                     self.parse(text)
+
+    def test_disk_sizes_and_bench_extras(self):
+        s = self.parse(GOOD.replace('disk = "a"\n', 'disk = "a"\ndisk_mib = 32\n')
+                       .replace("[l1]", "[l1]\npeer = true") + "[l2]\nlabcheck = true\n")
+        self.assertEqual(s.disks(), {"a": 32})
+        self.assertTrue(s.l1_peer and s.l2_labcheck)
+        args = " ".join(scenario.topology_args(s, lambda n, m: f"/d/{n}-{m}.img"))
+        self.assertIn("file=/d/a-32.img", args)
+        self.assertEqual(self.parse(GOOD).disks(), {"a": 8})
 
     def test_x86_defaults(self):
         s = self.parse('arch = "x86_64"\n[l1]\nscript = "true"\n[expect]\nlines = ["y"]\n')
@@ -159,7 +174,39 @@ class ScenarioTest(unittest.TestCase):
         self.assertFalse(s.needs_iort_fix)
         self.assertIn("intel_iommu=on", scenario.l1_cmdline(s))
         self.assertIn("kvm.tsc_tolerance_ppm=10000", scenario.l1_cmdline(s))
-        self.assertIn("intel-iommu,caching-mode=on", scenario.topology_args(s, str))
+        self.assertIn("intel-iommu,caching-mode=on", scenario.topology_args(s, lambda n, m: n))
+
+
+class BenchTest(unittest.TestCase):
+    LOG = [
+        '@@BENCH repeat 1 of 2\n',
+        'L2| @@BENCH read {"dev":"/dev/vda","block":4096,"bytes":8388608,"ms":800.0,"mib_s":10.0}\n',
+        '@@BENCH run {"vmm":"microvmm","case":"acpi-2smmu","launch_to_init_ms":900,'
+        '"invalidate_ioctls":50,"guest_cmdq_batches":50,"guest_commands":100,"exit_status":0}\n',
+        '@@BENCH run {"vmm":"qemu","case":"acpi-2smmu","launch_to_init_ms":2000,'
+        '"invalidate_ioctls":100,"guest_cmdq_batches":50,"guest_commands":100,"exit_status":0}\n',
+        '@@BENCH run {"vmm":"microvmm","case":"acpi-2smmu","launch_to_init_ms":1100,'
+        '"exit_status":0}\n',
+    ]
+
+    def test_runs_carry_their_reads_and_derived_ratios(self):
+        runs = bench.parse_log(self.LOG)
+        self.assertEqual(len(runs), 3)
+        self.assertEqual(runs[0]["read:/dev/vda:4096"], 10.0)
+        self.assertNotIn("read:/dev/vda:4096", runs[1])
+        self.assertEqual(runs[0]["ioctls_per_sync"], 1.0)
+        self.assertEqual(runs[1]["ioctls_per_command"], 1.0)
+
+    def test_summary_medians_spreads_and_ratio(self):
+        summary = bench.summarize(bench.parse_log(self.LOG))
+        boot = summary[("acpi-2smmu", "launch_to_init_ms")]
+        self.assertEqual(boot["microvmm"], {"median": 1000, "min": 900, "max": 1100, "n": 2})
+        self.assertEqual(boot["qemu"]["n"], 1)
+        text = bench.table(summary)
+        row = next(line for line in text.splitlines() if line.startswith("2. launch"))
+        self.assertIn("0.50", row)
+        self.assertIn("1000 [900-1100]", row)
+        self.assertEqual(summary[("dt-nodev", "launch_to_init_ms")], {})
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@
 //!   labcheck nesting BDF...            the SMMUv3 nesting sequence on each device's SMMU
 //!   labcheck nested-backend BDF...     microvmm's nested vSMMU backend on each device's SMMU
 //!   labcheck kvm                       /dev/kvm creates a VM and a vCPU
+//!   labcheck vmm-run NAME MIB -- CMD   run a VMM, time and measure its guest (benchmark)
+//!   labcheck read-bench DEV BLOCK [N]  sequential O_DIRECT read throughput (benchmark, in L2)
 
+mod bench;
 mod iommu;
 mod sysfs;
 
@@ -18,7 +21,7 @@ use std::process::ExitCode;
 use sysfs::{Bdf, Sysfs};
 
 const USAGE: &str = "usage: labcheck iommus | groups BDF[,BDF..]... | vfio BDF... | nesting BDF... \
-     | nested-backend BDF... | kvm";
+     | nested-backend BDF... | kvm | vmm-run NAME MIB -- CMD... | read-bench DEV BLOCK [BYTES]";
 
 use vmm::error_chain as chain;
 
@@ -101,6 +104,8 @@ fn run(args: &[String]) -> Result<(), String> {
             );
             Ok(())
         }
+        "vmm-run" => bench::vmm_run(rest),
+        "read-bench" => bench::read_bench(rest),
         other => Err(format!("unknown check '{other}'; {USAGE}")),
     }
 }
