@@ -95,13 +95,26 @@ pub enum RegisterSpace {
     Pio(u16),
 }
 
-/// A 16550-compatible UART.
+/// The guest's console UART.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct SerialPort {
+    pub model: UartModel,
     pub registers: RegisterSpace,
     /// aarch64: the SPI number (interrupt ID - 32); x86: the I/O APIC pin (GSI).
     pub irq: u32,
     pub clock_hz: u32,
+}
+
+/// Which UART the guest finds, and with it its driver and console name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UartModel {
+    /// A 16550A with byte-wide registers (`ttyS0`): x86's COM1.
+    Ns16550a,
+    /// An Arm PL011 described as the SBSA generic UART, 32-bit registers (`ttyAMA0`): what Arm
+    /// servers have. Linux prints to it from a kernel thread, so a slow console does not hold
+    /// up the boot as the 8250's legacy console does.
+    Pl011,
 }
 
 /// The power and reset controls the guest finds in its firmware tables.

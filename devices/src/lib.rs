@@ -3,6 +3,7 @@
 
 pub mod bus;
 pub mod pci;
+pub mod pl011;
 pub mod power;
 pub mod serial;
 pub mod smmuv3;

@@ -31,9 +31,18 @@ impl SerialDevice {
             uart: Serial::new(EventFdTrigger(interrupt), out),
         }
     }
+}
 
+/// A console UART the VMM feeds host input into (the 16550 on x86, the PL011 on aarch64).
+pub trait ConsoleUart: BusDevice {
     /// Feeds host input to the guest; returns how many bytes fit in the receive FIFO.
-    pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+    fn enqueue_input(&mut self, bytes: &[u8]) -> usize;
+    /// How many bytes the receive FIFO can take now.
+    fn input_room(&self) -> usize;
+}
+
+impl ConsoleUart for SerialDevice {
+    fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
         let room = self.uart.fifo_capacity().min(bytes.len());
         if room == 0 {
             return 0;
@@ -47,7 +56,7 @@ impl SerialDevice {
         }
     }
 
-    pub fn input_room(&self) -> usize {
+    fn input_room(&self) -> usize {
         self.uart.fifo_capacity()
     }
 }

@@ -7,7 +7,7 @@ strict="iommu.passthrough=0 iommu.strict=1"
 
 microvmm_dt() {
     labcheck vmm-run microvmm:dt-nodev $mib -- microvmm --kernel "$L2_KERNEL" \
-        --initramfs "$L2_INITRAMFS" --cmdline "console=ttyS0 panic=-1" --cpus 2 --memory ${mib}M \
+        --initramfs "$L2_INITRAMFS" --cmdline "console=ttyAMA0 panic=-1" --cpus 2 --memory ${mib}M \
         --boot dt
 }
 qemu_dt() {
@@ -18,7 +18,7 @@ qemu_dt() {
 }
 microvmm_smmu() {
     labcheck vmm-run microvmm:acpi-2smmu $mib -- microvmm --kernel "$L2_KERNEL" \
-        --initramfs "$L2_INITRAMFS" --cmdline "console=ttyS0 panic=-1 $strict" --cpus 2 \
+        --initramfs "$L2_INITRAMFS" --cmdline "console=ttyAMA0 panic=-1 $strict" --cpus 2 \
         --memory ${mib}M --boot acpi --iommu nested-smmuv3 --stats \
         --device vfio="$DEV_disk0" --device vfio="$DEV_nvme0"
 }

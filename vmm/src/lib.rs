@@ -13,6 +13,29 @@ pub mod plan;
 pub mod vfio;
 pub mod vm;
 
+/// Start-up milestones, logged at info level with the time since the process started, so where
+/// start-up goes is visible on any host (`--log-level info`).
+pub mod startup {
+    use std::sync::OnceLock;
+    use std::time::Instant;
+
+    static START: OnceLock<Instant> = OnceLock::new();
+
+    /// Call first thing in `main`; later calls change nothing.
+    pub fn begin() {
+        START.get_or_init(Instant::now);
+    }
+
+    /// Milliseconds since [`begin`].
+    pub fn elapsed_ms() -> f64 {
+        START.get_or_init(Instant::now).elapsed().as_secs_f64() * 1e3
+    }
+
+    pub fn mark(milestone: &str) {
+        log::info!("start-up: {milestone} at {:.1} ms", elapsed_ms());
+    }
+}
+
 /// An error and its causes on one line, `outer: cause: root cause`.
 pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();

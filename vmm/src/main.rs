@@ -20,6 +20,7 @@ fn prepare(
     arch: HostArch,
 ) -> Result<(ProbedHost, Payload, Plan), String> {
     let payload = Payload::open(config).map_err(|e| chain(&e))?;
+    vmm::startup::mark("payload read");
     let host = match &cli.host_description {
         Some(path) => {
             vmm::host::HostDescription::from_file(path, config).map(ProbedHost::described)
@@ -27,6 +28,7 @@ fn prepare(
         None => vmm::host::Host::default().describe(config),
     }
     .map_err(|e| chain(&e))?;
+    vmm::startup::mark("host devices probed and opened");
     let plan = vmm::plan::platform(config, arch, &host.description, &payload.footprint())
         .map_err(|e| chain(&e))?;
     let report = vmm::dump::PlanReport {
@@ -45,6 +47,7 @@ fn prepare(
 }
 
 fn main() -> ExitCode {
+    vmm::startup::begin();
     let cli = Cli::parse();
     let config = match cli.merged_config() {
         Ok(config) => config,

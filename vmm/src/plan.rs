@@ -9,7 +9,7 @@ use arch::boot::{BootLayout, LayoutError, PayloadFootprint};
 use arch::platform::{
     ArchTimer, CheckedPlatform, FirmwareInterface, GuestArch, GuestRange, InterruptController,
     PciBridge, Platform, PlatformError, PowerControl, RegisterSpace, SerialPort, SmmuFeatures,
-    SmmuMode, VirtualSmmu,
+    SmmuMode, UartModel, VirtualSmmu,
 };
 use devices::smmuv3::{FeatureRegisters, HostSmmuUnfit};
 
@@ -321,6 +321,7 @@ fn aarch64(config: &VmConfig) -> Platform {
             hyp_ppi: l::TIMER_HYP_PPI,
         }),
         serial: serial_enabled(config).then_some(SerialPort {
+            model: UartModel::Pl011,
             registers: RegisterSpace::Mmio(l::UART.base),
             irq: l::UART_SPI,
             clock_hz: l::UART_CLOCK_HZ,
@@ -347,6 +348,7 @@ fn x86_64(config: &VmConfig) -> Platform {
         },
         timer: None,
         serial: serial_enabled(config).then_some(SerialPort {
+            model: UartModel::Ns16550a,
             registers: RegisterSpace::Pio(l::COM1_PORT),
             irq: l::COM1_GSI,
             clock_hz: l::UART_CLOCK_HZ,

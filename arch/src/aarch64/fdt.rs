@@ -11,7 +11,7 @@ use super::image::FDT_MAX_SIZE;
 use super::layout;
 use crate::platform::{
     Aarch64Parts, ArchParts, ArchTimer, CheckedPlatform, FirmwareInterface, Gic, GuestArch,
-    GuestRange, IdRange, IntxPin, MmioUart, PciBridge, PciFunction, VirtualSmmu,
+    GuestRange, IdRange, IntxPin, MmioUart, PciBridge, PciFunction, UartModel, VirtualSmmu,
 };
 
 /// Phandles, fixed per node so that nodes added later never renumber earlier ones.
@@ -55,6 +55,8 @@ const CPU_ADDRESS_CELLS: u32 = 2;
 
 /// The 16550's register window as the address map reserves it.
 const UART_REG_SIZE: u64 = layout::UART.size;
+/// The SBSA UART's fixed rate, as its binding requires it stated.
+const SBSA_UART_BAUD: u32 = 115_200;
 
 /// PCI bus binding (bindings/pci/pci-bus-common.yaml): three address cells (phys.hi, mid, lo),
 /// two size cells, one interrupt cell (the pin, 1 = INTA).
@@ -243,15 +245,25 @@ fn timer_node(fdt: &mut FdtWriter, timer: &ArchTimer) -> Result<(), FdtError> {
     Ok(())
 }
 
-/// bindings/serial/8250.yaml.
+/// bindings/serial/8250.yaml, or bindings/serial/arm_sbsa_uart.txt for the PL011 (the SBSA form
+/// needs no clocks: its rate is fixed). Edge-triggered either way: the VMM pulses an irqfd.
 fn serial_node(fdt: &mut FdtWriter, uart: &MmioUart) -> Result<(), FdtError> {
     let node = fdt.begin_node(&uart_node_name(uart))?;
-    fdt.property_string("compatible", "ns16550a")?;
+    let compatible = match uart.model {
+        UartModel::Ns16550a => "ns16550a",
+        UartModel::Pl011 => "arm,sbsa-uart",
+    };
+    fdt.property_string("compatible", compatible)?;
     reg_property(fdt, &[GuestRange::new(uart.base.into(), UART_REG_SIZE)])?;
     fdt.property_array_u32("interrupts", &[GIC_SPI, uart.spi, IRQ_TYPE_EDGE_RISING])?;
-    fdt.property_u32("clock-frequency", uart.clock_hz)?;
-    fdt.property_u32("reg-shift", 0)?;
-    fdt.property_u32("reg-io-width", 1)?;
+    match uart.model {
+        UartModel::Ns16550a => {
+            fdt.property_u32("clock-frequency", uart.clock_hz)?;
+            fdt.property_u32("reg-shift", 0)?;
+            fdt.property_u32("reg-io-width", 1)?;
+        }
+        UartModel::Pl011 => fdt.property_u32("current-speed", SBSA_UART_BAUD)?,
+    }
     fdt.end_node(node)?;
     Ok(())
 }
@@ -766,6 +778,7 @@ mod tests {
         p.initrd = None;
 
         p.serial = Some(SerialPort {
+            model: UartModel::Ns16550a,
             registers: RegisterSpace::Mmio(0x0900_1000),
             irq: 7,
             clock_hz: 24_000_000,
@@ -773,11 +786,24 @@ mod tests {
         let dts = decode(&p);
         assert_eq!(dts.get("/chosen", "stdout-path"), quoted("/serial@9001000"));
         assert_eq!(dts.get("/aliases", "serial0"), quoted("/serial@9001000"));
+        assert_eq!(dts.get("/serial@9001000", "compatible"), quoted("ns16550a"));
         assert_eq!(dts.get("/serial@9001000", "interrupts"), cells(&[0, 7, 1]));
         assert_eq!(
             dts.get("/serial@9001000", "clock-frequency"),
             cells(&[24_000_000])
         );
+        p.serial.iter_mut().for_each(|s| s.model = UartModel::Pl011);
+        let dts = decode(&p);
+        assert_eq!(
+            dts.get("/serial@9001000", "compatible"),
+            quoted("arm,sbsa-uart")
+        );
+        assert_eq!(
+            dts.get("/serial@9001000", "current-speed"),
+            cells(&[115_200])
+        );
+        assert_eq!(dts.prop("/serial@9001000", "clock-frequency"), None);
+        assert_eq!(dts.get("/serial@9001000", "interrupts"), cells(&[0, 7, 1]));
 
         p.serial = None;
         let dts = decode(&p);

@@ -11,7 +11,8 @@ use super::iort::{self, IdMapping, Iort, Node, NodeRef};
 use super::{ArchTables, Encoded, OEM_ID, OEM_REVISION, OEM_TABLE_ID, pci};
 use crate::aarch64::layout;
 use crate::platform::{
-    Aarch64Parts, ArchTimer, CheckedPlatform, Gic, IdRange, MmioUart, PciBridge, VirtualSmmu,
+    Aarch64Parts, ArchTimer, CheckedPlatform, Gic, IdRange, MmioUart, PciBridge, UartModel,
+    VirtualSmmu,
 };
 
 /// FADT `ARM_BOOT_ARCH` flags (§5.2.9.4).
@@ -53,6 +54,8 @@ const UART_SIZE: u32 = layout::UART.size as u32;
 pub const SPCR_REVISION: u8 = 2;
 /// Interface type: "full 16550 compatible" (DBG2 serial port subtype 0x0000).
 pub const SPCR_INTERFACE_16550: u8 = 0;
+/// Interface type 3: Arm PL011 (with 32-bit register access in the address structure).
+pub const SPCR_INTERFACE_PL011: u8 = 3;
 /// Interrupt type bit 3: Arm GIC interrupt (GSIV).
 pub const SPCR_INTERRUPT_GIC: u8 = 1 << 3;
 /// Configured baud rate code 7: 115200.
@@ -109,21 +112,25 @@ fn dsdt(platform: &CheckedPlatform, arm: &Aarch64Parts) -> Encoded {
     encode::table(*b"DSDT", DSDT_REVISION, &aml.0)
 }
 
-/// The UART as `PNP0501`, with the same register layout the device tree gives it (byte-wide
-/// registers, no shift) and the interrupt edge-triggered, active high, as there: microvmm raises
-/// it through a KVM irqfd, which pulses the line.
+/// The UART as `PNP0501` (16550, with the same register layout the device tree gives it:
+/// byte-wide registers, no shift) or `ARMH0011` (the SBSA generic UART), the interrupt
+/// edge-triggered, active high, as in the device tree: microvmm raises it through a KVM irqfd,
+/// which pulses the line.
 fn uart_device(uart: &MmioUart) -> RawAml {
     let registers = aml::Memory32Fixed::new(true, uart.base, UART_SIZE);
     let interrupt = aml::Interrupt::new(true, true, false, false, gsiv(uart.spi));
-    encode::pnp0501_device(
-        "COM0",
-        vec![&registers, &interrupt],
-        &[
-            ("clock-frequency", uart.clock_hz),
-            ("reg-shift", 0),
-            ("reg-io-width", 1),
-        ],
-    )
+    match uart.model {
+        UartModel::Ns16550a => encode::pnp0501_device(
+            "COM0",
+            vec![&registers, &interrupt],
+            &[
+                ("clock-frequency", uart.clock_hz),
+                ("reg-shift", 0),
+                ("reg-io-width", 1),
+            ],
+        ),
+        UartModel::Pl011 => encode::sbsa_uart_device("COM0", vec![&registers, &interrupt]),
+    }
 }
 
 /// GICv3: one GICC per vCPU (MPIDR as KVM assigns it), the GICD, one GICR discovery range
@@ -306,9 +313,19 @@ fn gtdt(timer: &ArchTimer) -> Encoded {
 /// 8N1. Linux turns this into `console=uart,mmio,<base>,115200` (and `earlycon` with no argument).
 fn spcr(uart: &MmioUart) -> Encoded {
     let mut body = Vec::new();
-    body.byte(SPCR_INTERFACE_16550);
+    let (interface, registers) = match uart.model {
+        UartModel::Ns16550a => (
+            SPCR_INTERFACE_16550,
+            encode::gas_mmio8(u64::from(uart.base)),
+        ),
+        UartModel::Pl011 => (
+            SPCR_INTERFACE_PL011,
+            encode::gas_mmio32(u64::from(uart.base)),
+        ),
+    };
+    body.byte(interface);
     body.vec(&[0; 3]);
-    encode::gas_mmio8(u64::from(uart.base)).to_aml_bytes(&mut body);
+    registers.to_aml_bytes(&mut body);
     body.byte(SPCR_INTERRUPT_GIC);
     body.byte(0); // PC-AT IRQ: none
     body.dword(gsiv(uart.spi));

@@ -56,6 +56,17 @@ pub fn gas_mmio8(address: u64) -> GAS {
     )
 }
 
+/// A 32-bit register in system memory.
+pub fn gas_mmio32(address: u64) -> GAS {
+    GAS::new(
+        AddressSpace::SystemMemory,
+        32,
+        0,
+        AccessSize::DwordAccess,
+        address,
+    )
+}
+
 /// A byte-wide register in I/O port space.
 pub fn gas_pio8(port: u16) -> GAS {
     GAS::new(
@@ -98,6 +109,17 @@ pub fn pnp0501_device(
     let uid = aml::Name::new("_UID".into(), &uid);
     let crs = aml::Name::new("_CRS".into(), &crs);
     let device = aml::Device::new(name.into(), vec![&hid, &uid, &crs, &dsd]);
+    RawAml(aml_bytes(&device))
+}
+
+/// The SBSA generic UART, `ARMH0011` (Linux: `sbsa-uart`, fixed rate, no properties).
+pub fn sbsa_uart_device(name: &str, resources: Vec<&dyn Aml>) -> RawAml {
+    let uid: u8 = 0;
+    let crs = aml::ResourceTemplate::new(resources);
+    let hid = aml::Name::new("_HID".into(), &"ARMH0011");
+    let uid = aml::Name::new("_UID".into(), &uid);
+    let crs = aml::Name::new("_CRS".into(), &crs);
+    let device = aml::Device::new(name.into(), vec![&hid, &uid, &crs]);
     RawAml(aml_bytes(&device))
 }
 

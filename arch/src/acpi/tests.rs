@@ -4,7 +4,7 @@ use super::iort::{IdMapping, Iort, Node, NodeRef};
 use super::testutil::*;
 use super::*;
 use crate::aarch64::layout as arm;
-use crate::platform::{PciBridge, Platform, PowerControl};
+use crate::platform::{PciBridge, Platform, PowerControl, UartModel};
 use crate::x86_64::layout as x86;
 
 /// The tables of `platform`, which must pass the check, in `region`.
@@ -309,6 +309,35 @@ fn aarch64_dsdt_has_the_uart_as_pnp0501() {
             "\"reg-io-width\", One",
         ],
     );
+}
+
+#[test]
+fn aarch64_pl011_is_an_sbsa_uart_in_the_dsdt_and_the_spcr() {
+    let mut p = aarch64_smmu_platform(1, 0, &[]);
+    p.serial.iter_mut().for_each(|s| s.model = UartModel::Pl011);
+    let tables = tables_of(&p, arm_region()).unwrap();
+    let dsdt = dsdt_asl(&tables);
+    assert_contains_all(
+        &dsdt,
+        &[
+            "Device (COM0) {",
+            "Name (_HID, \"ARMH0011\")",
+            "Memory32Fixed (ReadWrite, 0x09000000, // Address Base 0x00001000, // Address Length )",
+            "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, ) { 0x00000021, }",
+        ],
+    );
+    assert!(!dsdt.contains("PNP0501") && !dsdt.contains("reg-io-width"));
+    let dsl = iasl_decode(table(&tables, "SPCR"));
+    assert_hex_fields(
+        &dsl,
+        &[
+            ("Interface Type", 3), // Arm PL011
+            ("Bit Width", 32),
+            ("Address", arm::UART.base),
+            ("Interrupt", u64::from(arm::UART_SPI + 32)),
+        ],
+    );
+    assert_text_fields(&dsl, &[("Encoded Access Width", "03 [DWord Access:32]")]);
 }
 
 #[test]

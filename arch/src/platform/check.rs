@@ -9,7 +9,7 @@ use thiserror::Error;
 
 use super::{
     ArchTimer, FirmwareInterface, GuestArch, GuestRange, InterruptController, PciBridge, Platform,
-    PowerControl, RegisterSpace,
+    PowerControl, RegisterSpace, UartModel,
 };
 use crate::aarch64::layout as arm;
 use crate::x86_64::layout as x86;
@@ -28,6 +28,8 @@ pub enum PlatformError {
         arch: GuestArch,
         power: PowerControl,
     },
+    #[error("a {arch:?} guest cannot have a {model:?} serial port")]
+    SerialModel { arch: GuestArch, model: UartModel },
     #[error("a {arch:?} guest cannot reach its serial port through {registers:?}")]
     SerialRegisters {
         arch: GuestArch,
@@ -209,9 +211,10 @@ pub struct Gic {
     pub nr_irqs: u32,
 }
 
-/// The memory-mapped 16550 of an aarch64 guest, below 4 GiB (the SPCR's and `_CRS`'s fields).
+/// The memory-mapped UART of an aarch64 guest, below 4 GiB (the SPCR's and `_CRS`'s fields).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MmioUart {
+    pub model: UartModel,
     pub base: u32,
     pub spi: u32,
     pub clock_hz: u32,
@@ -347,6 +350,7 @@ impl Platform {
                 )?;
                 in_range("serial SPI", serial.irq, spis)?;
                 Some(MmioUart {
+                    model: serial.model,
                     base,
                     spi: serial.irq,
                     clock_hz: serial.clock_hz,
@@ -427,6 +431,12 @@ impl Platform {
         let uart = match self.serial {
             None => None,
             Some(serial) => {
+                if serial.model != UartModel::Ns16550a {
+                    return Err(PlatformError::SerialModel {
+                        arch,
+                        model: serial.model,
+                    });
+                }
                 let RegisterSpace::Pio(port) = serial.registers else {
                     return Err(PlatformError::SerialRegisters {
                         arch,
@@ -839,6 +849,7 @@ mod tests {
         );
         let high = |p: &mut Platform| {
             p.serial = Some(SerialPort {
+                model: UartModel::Pl011,
                 registers: RegisterSpace::Mmio(0x1_0000_0000),
                 irq: 1,
                 clock_hz: 1,
@@ -856,6 +867,12 @@ mod tests {
         refused(x86(), apic, "AddressAbove4G { what: \"the local APIC\"");
         let gsi = "InterruptOutOfRange { what: \"serial GSI\", irq: 24, limit: 24 }";
         refused(x86(), |p| p.serial.iter_mut().for_each(|s| s.irq = 24), gsi);
+        let pl011 = "SerialModel { arch: X86_64, model: Pl011 }";
+        refused(
+            x86(),
+            |p| p.serial.iter_mut().for_each(|s| s.model = UartModel::Pl011),
+            pl011,
+        );
         let pins = |p: &mut Platform| {
             if let InterruptController::X86Apic { ioapic_pins, .. } = &mut p.interrupt_controller {
                 *ioapic_pins = 9;

@@ -29,6 +29,25 @@ L2_PREFIX = "L2| "
 POWEROFF_GRACE = 30
 
 
+# A kernel log record's timestamp, `[    1.234567] `.
+PRINTK_RECORD = re.compile(r"\[\s*\d+\.\d{6}\] ")
+
+
+def split_console_line(line):
+    """One console line as the lines that were written: a guest kernel printing its log from a
+    thread (an nbcon console: Linux's PL011) can put a whole record between a program's text and
+    the newline ending it, so a record starting mid-line begins a line of its own."""
+    prefix = L2_PREFIX if line.startswith(L2_PREFIX) else ""
+    text = line[len(prefix):]
+    parts, start = [], 0
+    for m in PRINTK_RECORD.finditer(text):
+        if m.start() > start:
+            parts.append(text[start:m.start()])
+            start = m.start()
+    parts.append(text[start:])
+    return [prefix + p for p in parts]
+
+
 class LabError(RuntimeError):
     pass
 
@@ -212,7 +231,9 @@ class Run:
 
         def reader():
             for raw in proc.stdout:
-                lines.put(raw.decode("utf-8", "replace").rstrip("\r\n").replace("\r", ""))
+                text = raw.decode("utf-8", "replace").rstrip("\r\n").replace("\r", "")
+                for line in split_console_line(text):
+                    lines.put(line)
             lines.put(None)
 
         threading.Thread(target=reader, daemon=True).start()

@@ -7,7 +7,7 @@ import tempfile
 import textwrap
 import unittest
 
-from labpy import bench, cpio, firmware, scenario
+from labpy import bench, cpio, firmware, runner, scenario
 
 
 def fake_iort(nodes):
@@ -175,6 +175,17 @@ class ScenarioTest(unittest.TestCase):
         self.assertIn("intel_iommu=on", scenario.l1_cmdline(s))
         self.assertIn("kvm.tsc_tolerance_ppm=10000", scenario.l1_cmdline(s))
         self.assertIn("intel-iommu,caching-mode=on", scenario.topology_args(s, lambda n, m: n))
+
+
+class ConsoleTest(unittest.TestCase):
+    def test_kernel_records_written_mid_line_start_their_own_line(self):
+        split = runner.split_console_line
+        self.assertEqual(split("L2| lab-l2: iommus 2[    0.917693] pci 0000:00:00.0: x"),
+                         ["L2| lab-l2: iommus 2", "L2| [    0.917693] pci 0000:00:00.0: x"])
+        self.assertEqual(split("[    1.000000] a[    2.000000] b"),
+                         ["[    1.000000] a", "[    2.000000] b"])
+        self.assertEqual(split("plain [1.0] text"), ["plain [1.0] text"])
+        self.assertEqual(split(""), [""])
 
 
 class BenchTest(unittest.TestCase):

@@ -122,7 +122,27 @@ fn trace_time(line: &str) -> Option<f64> {
 fn printk_time(line: &str) -> Option<f64> {
     let rest = line.trim_start().strip_prefix('[')?;
     let (ts, _) = rest.split_once(']')?;
-    ts.trim().parse().ok()
+    let (secs, micros) = ts.trim_start().split_once('.')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(secs) && micros.len() == 6 && digits(micros))
+        .then(|| ts.trim().parse().ok())
+        .flatten()
+}
+
+/// A console line as the lines that were written: a guest kernel printing its log from a thread
+/// (Linux's PL011 console) can put a whole record between a program's text and its newline, so
+/// a record starting mid-line begins a line of its own.
+fn split_records(line: &str) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for (at, _) in line.match_indices('[') {
+        if at > start && printk_time(&line[at..]).is_some() {
+            parts.push(&line[start..at]);
+            start = at;
+        }
+    }
+    parts.push(&line[start..]);
+    parts
 }
 
 /// Resident memory of a process: in total and in its guest-RAM mappings (anonymous mappings whose
@@ -330,40 +350,41 @@ pub fn vmm_run(args: &[String]) -> Result<(), String> {
             break;
         }
         let now = Instant::now();
-        let line = String::from_utf8_lossy(&raw);
-        let line = line.trim_end_matches(['\r', '\n']);
-        {
-            let mut o = stdout.lock();
-            let _ = writeln!(o, "L2| {line}");
-        }
-        result
-            .entry("launch_to_console_ms")
-            .or_insert_with(|| format!("{:.0}", ms(now)));
-        if let Some(ts) = printk_time(line) {
-            first_kernel_line.get_or_insert((now, ts));
-            if line.contains("Run /init as init process") {
-                guest_kernel_to_init = Some(ts);
+        let text = String::from_utf8_lossy(&raw);
+        for line in split_records(text.trim_end_matches(['\r', '\n'])) {
+            {
+                let mut o = stdout.lock();
+                let _ = writeln!(o, "L2| {line}");
             }
-        }
-        if let Some(base) = smmu_base(line)
-            && line.contains("lab-l2: iommu ")
-            && !bases.contains(&base)
-        {
-            bases.push(base);
-        }
-        if line.starts_with(MARK_INIT) {
-            init_at = Some(now);
-            result.insert("launch_to_init_ms", format!("{:.0}", ms(now)));
-        } else if line.starts_with(MARK_IDLE) {
-            std::thread::sleep(IDLE_SETTLE);
-            let (total, guest) = resident_kib(pid, guest_mib)?;
-            result.insert("rss_kib", total.to_string());
-            result.insert("guest_ram_rss_kib", guest.to_string());
-            result.insert("overhead_kib", total.saturating_sub(guest).to_string());
-        } else if line.starts_with(MARK_WORK_BEGIN) {
-            work_trace.on(true)?;
-        } else if line.starts_with(MARK_WORK_END) {
-            work_trace.on(false)?;
+            result
+                .entry("launch_to_console_ms")
+                .or_insert_with(|| format!("{:.0}", ms(now)));
+            if let Some(ts) = printk_time(line) {
+                first_kernel_line.get_or_insert((now, ts));
+                if line.contains("Run /init as init process") {
+                    guest_kernel_to_init = Some(ts);
+                }
+            }
+            if let Some(base) = smmu_base(line)
+                && line.contains("lab-l2: iommu ")
+                && !bases.contains(&base)
+            {
+                bases.push(base);
+            }
+            if line.starts_with(MARK_INIT) {
+                init_at = Some(now);
+                result.insert("launch_to_init_ms", format!("{:.0}", ms(now)));
+            } else if line.starts_with(MARK_IDLE) {
+                std::thread::sleep(IDLE_SETTLE);
+                let (total, guest) = resident_kib(pid, guest_mib)?;
+                result.insert("rss_kib", total.to_string());
+                result.insert("guest_ram_rss_kib", guest.to_string());
+                result.insert("overhead_kib", total.saturating_sub(guest).to_string());
+            } else if line.starts_with(MARK_WORK_BEGIN) {
+                work_trace.on(true)?;
+            } else if line.starts_with(MARK_WORK_END) {
+                work_trace.on(false)?;
+            }
         }
     }
     let status = child
@@ -507,6 +528,19 @@ mod tests {
                 commands: 3 + 1026 + 2 + 1020,
             }
         );
+    }
+
+    #[test]
+    fn splits_kernel_records_written_mid_line() {
+        assert_eq!(
+            split_records("lab-l2: iommus 2[    0.917693] pci x[    1.000000] y"),
+            [
+                "lab-l2: iommus 2",
+                "[    0.917693] pci x",
+                "[    1.000000] y"
+            ]
+        );
+        assert_eq!(split_records("a [b] c [1.5] d"), ["a [b] c [1.5] d"]);
     }
 
     #[test]

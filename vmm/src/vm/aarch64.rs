@@ -2,9 +2,10 @@
 //! kernel Image, initramfs and the device tree or ACPI tables.
 
 use std::mem::offset_of;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use arch::platform::{Aarch64Parts, ArchParts, Gic, InterruptController};
+use arch::platform::{Aarch64Parts, ArchParts, Gic, InterruptController, UartModel};
+use devices::pl011::PL011_REGISTERS;
 use devices::serial::SERIAL_REGISTERS;
 use kvm_bindings::{
     KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2, KVM_DEV_ARM_VGIC_CTRL_INIT,
@@ -190,10 +191,13 @@ fn attach_serial(ctx: &mut BuildContext, parts: &Aarch64Parts) -> Result<(), VmE
     let (Some(serial), Some(uart), Some(irq)) = (&ctx.serial, parts.uart, &ctx.serial_irq) else {
         return Ok(());
     };
-    let device: Arc<Mutex<dyn devices::bus::BusDevice>> = serial.clone();
+    let registers = match uart.model {
+        UartModel::Ns16550a => SERIAL_REGISTERS,
+        UartModel::Pl011 => PL011_REGISTERS,
+    };
     ctx.buses
         .mmio
-        .insert(u64::from(uart.base), SERIAL_REGISTERS, device)?;
+        .insert(u64::from(uart.base), registers, serial.clone())?;
     // With the vGIC's default routing, GSI n is SPI n.
     ctx.vm
         .register_irqfd(irq, uart.spi)

@@ -6,7 +6,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 
-use devices::serial::SerialDevice;
+use devices::serial::ConsoleUart;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::epoll::EventSet;
 
@@ -83,7 +83,7 @@ impl MutEventSubscriber for ExitWatcher {
 /// Host input (standard input) to the guest's UART.
 struct SerialInput {
     fd: RawFd,
-    serial: Arc<Mutex<SerialDevice>>,
+    serial: Arc<Mutex<dyn ConsoleUart>>,
 }
 
 impl MutEventSubscriber for SerialInput {
@@ -187,7 +187,7 @@ impl MutEventSubscriber for FdWatch {
 pub fn run(
     exit: Arc<ExitSignal>,
     signals: OwnedFd,
-    serial_input: Option<Arc<Mutex<SerialDevice>>>,
+    serial_input: Option<Arc<Mutex<dyn ConsoleUart>>>,
     watches: Vec<FdWatch>,
 ) -> io::Result<GuestExit> {
     let mut manager = EventManager::<Subscriber>::new()

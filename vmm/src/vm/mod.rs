@@ -25,9 +25,10 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use arch::platform::GuestRange;
-use devices::bus::{Bus, BusError};
-use devices::serial::SerialDevice;
+use arch::platform::{GuestRange, UartModel};
+use devices::bus::{Bus, BusDevice, BusError};
+use devices::pl011::Pl011;
+use devices::serial::{ConsoleUart, SerialDevice};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -92,7 +93,8 @@ pub(crate) struct BuildContext<'a> {
     pub kvm: &'a Kvm,
     pub memory: &'a GuestMemoryMmap,
     pub buses: &'a mut Buses,
-    pub serial: Option<Arc<Mutex<SerialDevice>>>,
+    /// The console UART, as the bus sees it.
+    pub serial: Option<Arc<Mutex<dyn BusDevice>>>,
     /// The UART's interrupt eventfd, to register as an irqfd.
     pub serial_irq: Option<EventFd>,
     #[cfg_attr(target_arch = "aarch64", allow(dead_code))]
@@ -104,7 +106,7 @@ pub struct Vm {
     // Field order is drop order: vCPUs and devices before the VM fd, memory last.
     vcpus: Vec<VcpuFd>,
     buses: Arc<Buses>,
-    serial: Option<Arc<Mutex<SerialDevice>>>,
+    serial: Option<Arc<Mutex<dyn ConsoleUart>>>,
     /// Standard input feeds the serial port (serial on stdio).
     stdin_input: bool,
     /// `--stats`: print counters at exit.
@@ -134,6 +136,20 @@ fn serial_output(config: &SerialConfig) -> Result<Option<Box<dyn Write + Send>>,
     })
 }
 
+/// The planned UART model, once as the event loop feeds it input and once as the bus sees it.
+type Uart = (Arc<Mutex<dyn ConsoleUart>>, Arc<Mutex<dyn BusDevice>>);
+
+fn console_uart(model: UartModel, irq: EventFd, out: Box<dyn Write + Send>) -> Uart {
+    fn both<T: ConsoleUart + 'static>(device: T) -> Uart {
+        let device = Arc::new(Mutex::new(device));
+        (device.clone(), device)
+    }
+    match model {
+        UartModel::Ns16550a => both(SerialDevice::new(irq, out)),
+        UartModel::Pl011 => both(Pl011::new(irq, out)),
+    }
+}
+
 fn guest_memory(vm: &VmFd, regions: &[GuestRange]) -> Result<GuestMemoryMmap, VmError> {
     let ranges: Vec<_> = regions
         .iter()
@@ -145,6 +161,23 @@ fn guest_memory(vm: &VmFd, regions: &[GuestRange]) -> Result<GuestMemoryMmap, Vm
         source,
     })?;
     for (slot, region) in memory.iter().enumerate() {
+        // Transparent huge pages where the host offers them on request: fewer faults for the
+        // guest, and 2 MiB pins and IOMMU mappings when its RAM is mapped for DMA. Only a hint.
+        // SAFETY: madvise on a mapping `memory` owns changes no memory contents.
+        let advised = unsafe {
+            libc::madvise(
+                region.as_ptr().cast(),
+                region.len() as usize,
+                libc::MADV_HUGEPAGE,
+            )
+        };
+        if advised != 0 {
+            log::debug!(
+                "guest RAM at {:#x}: no transparent huge pages ({})",
+                region.start_addr().0,
+                io::Error::last_os_error()
+            );
+        }
         let mem_region = kvm_userspace_memory_region {
             slot: slot as u32,
             flags: 0,
@@ -175,22 +208,20 @@ pub fn build(
     let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
     let vm = Arc::new(guest::create_vm(&kvm)?);
     memory = guest_memory(&vm, &platform.memory)?;
+    crate::startup::mark("VM and guest RAM created");
     let mut buses = Buses {
         mmio: Bus::new(),
         pio: Bus::new(),
     };
-    let (serial, serial_irq) = match serial_output(&config.serial)? {
-        None => (None, None),
-        Some(out) => {
+    let (serial, serial_irq) = match (serial_output(&config.serial)?, platform.serial) {
+        (Some(out), Some(port)) => {
             let irq = EventFd::new(EFD_NONBLOCK).map_err(io_err("creating the serial eventfd"))?;
             let irqfd = irq
                 .try_clone()
                 .map_err(io_err("cloning the serial eventfd"))?;
-            (
-                Some(Arc::new(Mutex::new(SerialDevice::new(irq, out)))),
-                Some(irqfd),
-            )
+            (Some(console_uart(port.model, irq, out)), Some(irqfd))
         }
+        _ => (None, None),
     };
     let mut ctx = BuildContext {
         plan,
@@ -199,11 +230,12 @@ pub fn build(
         kvm: &kvm,
         memory: &memory,
         buses: &mut buses,
-        serial: serial.clone(),
+        serial: serial.as_ref().map(|(_, bus)| bus.clone()),
         serial_irq,
         exit: exit.clone(),
     };
     let (vcpus, arch_state) = guest::setup(&mut ctx)?;
+    crate::startup::mark("vCPUs, interrupt controller and boot payload set up");
     let memslots = pci::Memslots::after(platform.memory.len() as u32);
     let pci = pci::attach(
         &vm,
@@ -214,10 +246,13 @@ pub fn build(
         guest::irq_routing(&vm, platform),
         memslots,
     )?;
+    if pci.is_some() {
+        crate::startup::mark("PCI functions and vSMMUs attached");
+    }
     Ok(Vm {
         vcpus,
         buses: Arc::new(buses),
-        serial,
+        serial: serial.map(|(console, _)| console),
         stdin_input: config.serial == SerialConfig::Stdio,
         print_stats: config.stats,
         exit,

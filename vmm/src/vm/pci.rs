@@ -221,6 +221,7 @@ pub fn attach(
     let handles = host.handles().ok_or(PassthroughError::NotProbed)?;
     let hosts = &host.description.devices;
     let vfio = VfioContext::new(vm, memory, hosts, handles)?;
+    crate::startup::mark("guest RAM mapped into the IOAS for DMA");
     routing.commit().map_err(PassthroughError::Routing)?;
     let routing = Arc::new(Mutex::new(routing));
     let memslots = Arc::new(Mutex::new(memslots));
@@ -257,6 +258,7 @@ pub fn attach(
                 super::smmu::attach(vm, plan, memory, vfio.iommufd(), &members, mmio)?;
             state.smmus.push(instance);
             state.watches.push(watch);
+            crate::startup::mark(&format!("vSMMU {} attached", plan.index));
         }
         // The root (with the models) and the functions' host resources join the state as they
         // are made, so a failure below releases them in the teardown order.
