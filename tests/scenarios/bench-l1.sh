@@ -8,7 +8,7 @@ strict="iommu.passthrough=0 iommu.strict=1"
 microvmm_dt() {
     labcheck vmm-run microvmm:dt-nodev $mib -- microvmm --kernel "$L2_KERNEL" \
         --initramfs "$L2_INITRAMFS" --cmdline "console=ttyAMA0 panic=-1" --cpus 2 --memory ${mib}M \
-        --boot dt
+        --boot dt --log-level info
 }
 qemu_dt() {
     labcheck vmm-run qemu:dt-nodev $mib -- qemu-system-aarch64 -M virt,gic-version=3 \
@@ -19,7 +19,7 @@ qemu_dt() {
 microvmm_smmu() {
     labcheck vmm-run microvmm:acpi-2smmu $mib -- microvmm --kernel "$L2_KERNEL" \
         --initramfs "$L2_INITRAMFS" --cmdline "console=ttyAMA0 panic=-1 $strict" --cpus 2 \
-        --memory ${mib}M --boot acpi --iommu nested-smmuv3 --stats \
+        --memory ${mib}M --boot acpi --iommu nested-smmuv3 --stats --log-level info \
         --device vfio="$DEV_disk0" --device vfio="$DEV_nvme0"
 }
 # QEMU's own way to the same guest: one accel vSMMU per host SMMU, each on its own pxb-pcie, and

@@ -162,6 +162,12 @@ class Outcome:
     reason: str = ""
     # Seconds from each `run_l2` start to L2's "@@LAB L2 up" line (host wall clock).
     l2_up: list = dataclasses.field(default_factory=list)
+    # Keep logging the consoles a little after deciding (a failure's oops and backtrace).
+    linger: bool = False
+
+
+# How long the consoles keep being logged after a fail pattern matched.
+LINGER = 8
 
 
 class Run:
@@ -215,7 +221,37 @@ class Run:
         args += scenario.topology_args(s, lambda name, mib: _in_lab(self.lab.disk(name, mib)[0]))
         args += ["-kernel", _in_lab(self.lab.kernel(s.arch)), "-initrd", _in_lab(initrd),
                  "-append", append]
+        # A monitor the runner asks for L1's vCPU state when a boot times out.
+        args += ["-monitor", f"unix:{_in_lab(self.monitor_path())},server=on,wait=off"]
         return args
+
+    def monitor_path(self):
+        return os.path.join(self.work, "monitor.sock")
+
+    def dump_vcpus(self, l0_log):
+        """On a timeout: where L1's vCPUs are (QEMU's `info registers -a`), into l0.log."""
+        import socket
+
+        out = b""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(5)
+                sock.connect(self.monitor_path())
+                sock.sendall(b"info registers -a\n")
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline:
+                    try:
+                        chunk = sock.recv(65536)
+                    except socket.timeout:
+                        break
+                    if not chunk:
+                        break
+                    out += chunk
+        except OSError as e:
+            out += f"(monitor unavailable: {e})".encode()
+        l0_log.write("--- L1 vCPU state at the timeout (info registers -a) ---\n")
+        l0_log.write(out.decode("utf-8", "replace").replace("\r", "") + "\n")
+        l0_log.flush()
 
     def boot(self, initrd, append, judge, timeout, console_log):
         """Boots L0 and feeds every console line to judge(line) until it returns an Outcome."""
@@ -245,6 +281,7 @@ class Run:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         outcome = judge(None, timed_out=True)
+                        self.dump_vcpus(l0)
                         break
                     try:
                         line = lines.get(timeout=left)
@@ -256,6 +293,17 @@ class Run:
                     console.write(line + "\n")
                     console.flush()
                     outcome = judge(line)
+                if outcome.linger:
+                    until = time.monotonic() + LINGER
+                    while (left := until - time.monotonic()) > 0:
+                        try:
+                            line = lines.get(timeout=left)
+                        except queue.Empty:
+                            break
+                        if line is None:
+                            break
+                        console.write(line + "\n")
+                        console.flush()
             if outcome.passed:
                 try:
                     proc.wait(POWEROFF_GRACE)
@@ -356,7 +404,7 @@ class Run:
             for e, rx in fail:
                 if (e.level in (None, level)) and rx.search(text):
                     return Outcome(False, f"{level} printed '{text.strip()}' "
-                                          f"(matches fail pattern {e.describe()})")
+                                          f"(matches fail pattern {e.describe()})", linger=True)
             if state["next"] < len(expect):
                 e, rx = expect[state["next"]]
                 if e.level in (None, level) and rx.search(text):

@@ -331,7 +331,7 @@ def machine_args(s, firmware_dir="/usr/share"):
         if s.firmware == "uefi":
             args += ["-bios", f"{firmware_dir}/ovmf/OVMF.fd"]
     return args + ["-accel", "tcg", "-smp", str(s.cpus), "-m", s.memory, "-nic", "none",
-                   "-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"]
+                   "-display", "none", "-serial", "stdio", "-no-reboot"]
 
 
 def l1_cmdline(s):

@@ -3,6 +3,7 @@
 //! Everything acquired during the build is owned by the values it returns, so an error part way
 //! releases what was taken (fds, memory, threads) by `Drop`.
 
+mod console;
 pub mod event_loop;
 pub mod exit;
 pub mod irq;
@@ -25,12 +26,12 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use arch::platform::{GuestRange, UartModel};
+use arch::platform::{GuestRange, RegisterSpace, SerialPort, UartModel};
 use devices::bus::{Bus, BusDevice, BusError};
 use devices::pl011::Pl011;
 use devices::serial::{ConsoleUart, SerialDevice};
 use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -38,6 +39,7 @@ use crate::config::{RebootAction, SerialConfig, ValidConfig};
 use crate::host::ProbedHost;
 use crate::payload::Payload;
 use crate::plan::Plan;
+use console::MirroredPl011;
 use exit::{ExitSignal, GuestExit};
 use vcpu::{Buses, VcpuThreads};
 
@@ -139,15 +141,32 @@ fn serial_output(config: &SerialConfig) -> Result<Option<Box<dyn Write + Send>>,
 /// The planned UART model, once as the event loop feeds it input and once as the bus sees it.
 type Uart = (Arc<Mutex<dyn ConsoleUart>>, Arc<Mutex<dyn BusDevice>>);
 
-fn console_uart(model: UartModel, irq: EventFd, out: Box<dyn Write + Send>) -> Uart {
+/// Where a memory-mapped UART's registers can be served from read-only memory: the VM, the
+/// memslot to use and the registers' guest address.
+struct Mirror<'a> {
+    vm: &'a Arc<VmFd>,
+    slot: u32,
+    base: u64,
+}
+
+fn console_uart(
+    port: &SerialPort,
+    irq: EventFd,
+    out: Box<dyn Write + Send>,
+    mirror: Option<Mirror>,
+) -> Result<Uart, VmError> {
     fn both<T: ConsoleUart + 'static>(device: T) -> Uart {
         let device = Arc::new(Mutex::new(device));
         (device.clone(), device)
     }
-    match model {
-        UartModel::Ns16550a => both(SerialDevice::new(irq, out)),
-        UartModel::Pl011 => both(Pl011::new(irq, out)),
-    }
+    Ok(match (port.model, mirror) {
+        (UartModel::Ns16550a, _) => both(SerialDevice::new(irq, out)),
+        (UartModel::Pl011, None) => both(Pl011::new(irq, out)),
+        (UartModel::Pl011, Some(m)) => both(
+            MirroredPl011::new(Pl011::new(irq, out), m.vm.clone(), m.slot, m.base)
+                .map_err(io_err("mapping the console UART's register page"))?,
+        ),
+    })
 }
 
 fn guest_memory(vm: &VmFd, regions: &[GuestRange]) -> Result<GuestMemoryMmap, VmError> {
@@ -219,7 +238,19 @@ pub fn build(
             let irqfd = irq
                 .try_clone()
                 .map_err(io_err("cloning the serial eventfd"))?;
-            (Some(console_uart(port.model, irq, out)), Some(irqfd))
+            // The slot right after guest RAM's; PCI BARs take theirs after it.
+            let mirror = match port.registers {
+                RegisterSpace::Mmio(base) if kvm.check_extension(Cap::ReadonlyMem) => {
+                    Some(Mirror {
+                        vm: &vm,
+                        slot: platform.memory.len() as u32,
+                        base,
+                    })
+                }
+                _ => None,
+            };
+            let uart = console_uart(&port, irq, out, mirror)?;
+            (Some(uart), Some(irqfd))
         }
         _ => (None, None),
     };
@@ -236,7 +267,7 @@ pub fn build(
     };
     let (vcpus, arch_state) = guest::setup(&mut ctx)?;
     crate::startup::mark("vCPUs, interrupt controller and boot payload set up");
-    let memslots = pci::Memslots::after(platform.memory.len() as u32);
+    let memslots = pci::Memslots::after(platform.memory.len() as u32 + 1);
     let pci = pci::attach(
         &vm,
         platform,

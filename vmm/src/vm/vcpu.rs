@@ -45,6 +45,9 @@ pub fn run_vcpu(
     exit: &ExitSignal,
     stop: &AtomicBool,
 ) {
+    if index == 0 {
+        crate::startup::mark("vCPU 0 entering the guest (KVM_RUN)");
+    }
     while !stop.load(Ordering::Acquire) {
         match vcpu.run() {
             Ok(VcpuExit::MmioRead(addr, data)) => {
