@@ -80,6 +80,8 @@ class Scenario:
     # The benchmark's extras: Debian's arm64 QEMU in L1 (the peer), labcheck in L2.
     l1_peer: bool = False
     l2_labcheck: bool = False
+    # L0's TCG: "multi" (one host thread per vCPU) or "single" (all vCPUs on one thread).
+    tcg_threads: str = "multi"
 
     @property
     def needs_iort_fix(self):
@@ -185,7 +187,11 @@ def parse(doc, path):
 
     l0 = _get(doc, "l0", dict, path, {})
     w = f"{path}: [l0]"
-    _check_keys(l0, ("cpus", "memory", "firmware", "iommu", "cmdline", "bridge", "device"), w)
+    _check_keys(l0, ("cpus", "memory", "firmware", "iommu", "cmdline", "bridge", "device",
+                     "tcg_threads"), w)
+    tcg_threads = _get(l0, "tcg_threads", str, w, "multi")
+    if tcg_threads not in ("multi", "single"):
+        raise ScenarioError(f"{w}: tcg_threads must be 'multi' or 'single'")
     firmware = _get(l0, "firmware", str, w, "direct")
     if firmware not in ("uefi", "direct"):
         raise ScenarioError(f"{w}: firmware must be 'uefi' or 'direct'")
@@ -282,6 +288,7 @@ def parse(doc, path):
         l1_script=l1_script, l1_files=_files(l1, f"{path}: [l1]", base_dir),
         l2_script=_script(l2, f"{path}: [l2]", base_dir), l2_files=_files(l2, f"{path}: [l2]", base_dir),
         expect=expect, fail=fail,
+        tcg_threads=tcg_threads,
         l1_peer=_get(l1, "peer", bool, f"{path}: [l1]", False),
         l2_labcheck=_get(l2, "labcheck", bool, f"{path}: [l2]", False),
     )
@@ -330,7 +337,8 @@ def machine_args(s, firmware_dir="/usr/share"):
         args = ["qemu-system-x86_64", "-M", "q35", "-cpu", "max", "-vga", "none"]
         if s.firmware == "uefi":
             args += ["-bios", f"{firmware_dir}/ovmf/OVMF.fd"]
-    return args + ["-accel", "tcg", "-smp", str(s.cpus), "-m", s.memory, "-nic", "none",
+    accel = "tcg" if s.tcg_threads == "multi" else "tcg,thread=single"
+    return args + ["-accel", accel, "-smp", str(s.cpus), "-m", s.memory, "-nic", "none",
                    "-display", "none", "-serial", "stdio", "-no-reboot"]
 
 
