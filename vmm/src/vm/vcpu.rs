@@ -76,7 +76,8 @@ pub fn run_vcpu(
                 return;
             }
             // An x86 triple fault: real machines reset. Unlike a reset the guest asked for, it
-            // leaves no trace in the guest's console, so say where the vCPU was.
+            // leaves no trace in the guest's console, so say so, with the registers as KVM
+            // leaves them (Intel: where it faulted; AMD: already back at the reset vector).
             Ok(VcpuExit::Shutdown) => {
                 log::warn!(
                     "vcpu{index}: triple fault (KVM_EXIT_SHUTDOWN){}; the guest resets",
