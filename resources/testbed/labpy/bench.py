@@ -16,7 +16,7 @@ DEFAULT_SCENARIO = os.path.join(runner.REPO, "tests", "scenarios", "bench-arm64.
 RUN = "@@BENCH run "
 READ = "@@BENCH read "
 
-# (label, case, how to get the value from one run, unit, lower is better)
+# (label, case, the run's key holding the value, unit)
 METRICS = [
     ("1. launch -> L2 init, DT, no devices", "dt-nodev", "launch_to_init_ms", "ms"),
     ("   launch -> guest kernel start", "dt-nodev", "launch_to_kernel_ms", "ms"),

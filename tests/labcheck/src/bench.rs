@@ -374,7 +374,7 @@ pub fn vmm_run(args: &[String]) -> Result<(), String> {
                 .entry("launch_to_console_ms")
                 .or_insert_with(|| format!("{:.0}", ms(now)));
             if let Some(ts) = printk_time(line) {
-                first_kernel_line.get_or_insert((now, ts));
+                first_kernel_line.get_or_insert(now);
                 if line.contains("Run /init as init process") {
                     guest_kernel_to_init = Some(ts);
                 }
@@ -415,7 +415,7 @@ pub fn vmm_run(args: &[String]) -> Result<(), String> {
         result.insert("guest_kernel_to_init_ms", format!("{:.0}", ts * 1e3));
         result.insert("launch_to_kernel_ms", format!("{:.0}", ms(init) - ts * 1e3));
     }
-    if let Some((at, _)) = first_kernel_line {
+    if let Some(at) = first_kernel_line {
         result.insert("launch_to_kernel_line_ms", format!("{:.0}", ms(at)));
     }
     let first_run = start_trace
